@@ -1,0 +1,165 @@
+"""Rules that span several objects of the stack: each one would otherwise break mail.
+
+Every rule yields (key, problem) with the key written as the stack config spells it, so that the
+operator can find the line: `hosts.maildrop[1].primary`, `domains[2].aliases.info`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+from model.stack import ADDRESS, DEVNULL, Stack
+
+Problem = tuple[str, str]
+
+
+def problems(stack: Stack) -> list[Problem]:
+    found: list[Problem] = []
+    for rule in (_sites, _hosts, _maildrops, _domains, _aliases, _mailboxes, _relay_clients, _webmail, _ports):
+        found.extend(rule(stack))
+    return found
+
+
+def _duplicates(values: list[str]) -> set[str]:
+    return {v for v, n in Counter(values).items() if n > 1}
+
+
+def _sites(stack: Stack) -> Iterator[Problem]:
+    for name in _duplicates([s.name for s in stack.sites]):
+        yield "sites", f"site {name!r} is defined twice"
+    seen: set[str] = set()
+    for n, site in enumerate(stack.sites):
+        if site.hypervisor in seen:
+            yield f"sites[{n}].hypervisor", f"{site.hypervisor!r} is used by two sites: each site has its own hypervisor"
+        seen.add(site.hypervisor)
+
+
+def _hosts(stack: Stack) -> Iterator[Problem]:
+    all_names = [h.name for _, h in stack.vm_hosts] + [stack.webmail.host] + [r.name for r in stack.relay_clients]
+    for name in sorted(_duplicates(all_names)):
+        yield "hosts", f"host name {name!r} is used twice"
+    addresses = Counter(a for _, h in stack.vm_hosts for a in h.site_local_addresses + h.public_addresses)
+    for role, hosts in stack.hosts.by_role().items():
+        for n, host in enumerate(hosts):
+            key = f"hosts.{role}[{n}]"
+            site = stack.site_by_name.get(host.site)
+            if site is None:
+                yield f"{key}.site", f"unknown site {host.site!r} (sites are: {', '.join(stack.site_by_name)})"
+                continue
+            if not host.name.endswith(f"-{host.site}") or host.label == host.name:
+                yield f"{key}.name", f"{host.name!r} must be <label>-{host.site} (the case study's <label>.<site> naming)"
+            if host.ipv4 not in site.site_local.ipv4:
+                yield f"{key}.ipv4", f"{host.ipv4} is outside site {site.name}'s site-local {site.site_local.ipv4}"
+            if host.ipv6 not in site.site_local.ipv6:
+                yield f"{key}.ipv6", f"{host.ipv6} is outside site {site.name}'s site-local {site.site_local.ipv6}"
+            for field in ("public_ipv4", "public_ipv6"):
+                address = getattr(host, field)
+                if address is not None and not any(address in p for p in site.public if p.version == address.version):
+                    yield f"{key}.{field}", f"{address} is in none of site {site.name}'s public prefixes"
+            for address in host.site_local_addresses + host.public_addresses:
+                if addresses[address] > 1:
+                    yield key, f"address {address} is used by more than one host"
+        # The case study spreads every role over separate hypervisors: one failure, one replica.
+        sites = [h.site for h in hosts]
+        for site in sorted(_duplicates(sites)):
+            yield f"hosts.{role}", f"two {role} hosts on site {site!r}: replicas must be on separate hypervisors"
+        if role in ("smtp_out", "frontend") and sum(h.primary for h in hosts) > 1:
+            yield f"hosts.{role}", "more than one primary: the load balancer has one primary and backups"
+    # Only smtp-in and the frontends face the internet.
+    for role in ("smtp_in", "frontend"):
+        for n, host in enumerate(getattr(stack.hosts, role)):
+            if not host.public_addresses:
+                yield f"hosts.{role}[{n}]", "needs public_ipv4 or public_ipv6: it is reached from the internet"
+    for role in ("smtp_out", "maildrop"):
+        for n, host in enumerate(getattr(stack.hosts, role)):
+            if host.public_addresses:
+                yield f"hosts.{role}[{n}]", "has a public address: it lives in site-local only and egresses via NAT"
+
+
+def _maildrops(stack: Stack) -> Iterator[Problem]:
+    primaries = sum(h.primary for h in stack.hosts.maildrop)
+    if primaries != 1:
+        yield "hosts.maildrop", f"needs exactly one primary (MX 10, IMAP upstream), found {primaries}"
+
+
+def _domains(stack: Stack) -> Iterator[Problem]:
+    for name in _duplicates(stack.domain_names):
+        yield "domains", f"domain {name!r} is listed twice"
+    selectors = Counter((d.name, k.selector) for d in stack.domains for k in d.dkim)
+    for n, domain in enumerate(stack.domains):
+        for k, key in enumerate(domain.dkim):
+            if selectors[(domain.name, key.selector)] > 1:
+                yield f"domains[{n}].dkim[{k}].selector", f"selector {key.selector!r} is used twice for {domain.name}"
+        if not any(k.active for k in domain.dkim):
+            yield f"domains[{n}].dkim", "no active selector: outgoing mail would go unsigned"
+        if sum(k.active for k in domain.dkim) > 1:
+            yield f"domains[{n}].dkim", "more than one active selector: only one key signs, the others are published"
+    # The maildrop name is the internal next hop, not a mail domain.
+    if stack.service_name("maildrop") in stack.domain_names:
+        yield "domains", f"{stack.service_name('maildrop')} is the maildrops' internal name, not a mail domain"
+
+
+def _aliases(stack: Stack) -> Iterator[Problem]:
+    local = {d.name: set(d.aliases) for d in stack.domains}
+    mailboxes = set(stack.mailbox_names)
+    for n, domain in enumerate(stack.domains):
+        for local_part, targets in domain.aliases.items():
+            key = f"domains[{n}].aliases.{local_part}"
+            if not ADDRESS.match(f"{local_part}@{domain.name}"):
+                yield key, f"{local_part!r}@{domain.name} is not an address"
+            if not targets:
+                yield key, "has no targets (use /dev/null to drop mail)"
+            if DEVNULL in targets and len(targets) > 1:
+                yield key, "/dev/null must be the only target"
+            for target in targets:
+                if target == DEVNULL or target in mailboxes:
+                    continue
+                if "@" not in target:
+                    yield key, f"{target!r} is neither a mailbox, an address nor /dev/null"
+                elif not ADDRESS.match(target):
+                    yield key, f"{target!r} is not an address"
+                else:
+                    user, _, target_domain = target.partition("@")
+                    if target_domain in local and user not in local[target_domain]:
+                        yield key, f"{target!r} is in local domain {target_domain} but has no alias or mailbox there"
+                    if target_domain == stack.service_name("maildrop") and user not in mailboxes:
+                        yield key, f"{target!r}: no mailbox {user!r}"
+
+
+def _mailboxes(stack: Stack) -> Iterator[Problem]:
+    for name in _duplicates(stack.mailbox_names):
+        yield "mailboxes", f"mailbox {name!r} is listed twice"
+    service_users = {"roundcube"} | {r.group for r in stack.relay_clients}
+    for n, box in enumerate(stack.mailboxes):
+        if box.name in service_users:
+            yield f"mailboxes[{n}].name", f"{box.name!r} is a service user of smtp-out (roundcube or a relay group)"
+
+
+def _relay_clients(stack: Stack) -> Iterator[Problem]:
+    for n, client in enumerate(stack.relay_clients):
+        domain = client.mail_from.partition("@")[2]
+        if domain not in stack.domain_names:
+            yield f"relay_clients[{n}].mail_from", f"{domain} is not a mail domain of the stack: it would not be DKIM signed"
+
+
+def _webmail(stack: Stack) -> Iterator[Problem]:
+    if any(a == stack.webmail.address for _, h in stack.vm_hosts for a in (h.ipv4, h.ipv6)):
+        yield "webmail.address", f"{stack.webmail.address} belongs to a VM of the stack"
+
+
+def _ports(stack: Stack) -> Iterator[Problem]:
+    # Services that share a host must not share a port.
+    groups = {
+        "smtp_in": ("smtp", "smtps", "srs_forward", "srs_reverse", "rspamd_milter", "rspamd_controller"),
+        "smtp_out": ("submission", "opendkim", "rspamd_milter", "rspamd_controller"),
+        "maildrop": ("smtp", "imaps", "managesieve", "doveadm"),
+        "frontend": ("submission", "imaps", "managesieve"),
+    }
+    for role, names in groups.items():
+        values = [getattr(stack.ports, n) for n in names]
+        for port in _duplicates([str(v) for v in values]):
+            clash = [n for n in names if str(getattr(stack.ports, n)) == port]
+            yield f"ports.{clash[-1]}", f"port {port} is also used by {clash[0]} on {role}"
+    if stack.ports.webmail in (80, 443):
+        yield "ports.webmail", "80/443 are the frontends' own; Roundcube listens behind them"

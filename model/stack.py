@@ -1,0 +1,237 @@
+"""The stack model: what `Pulumi.<stack>.yaml` describes, as typed objects.
+
+Field names are the stack config keys (`mail-cluster:<key>`); every later layer trusts these
+objects. Shape checks live on the fields; rules that span objects live in `model.rules`.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+# A DNS label as RFC 1123 allows it; host and site names must also be valid labels.
+LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+Label = Annotated[str, StringConstraints(pattern=rf"^{LABEL}$")]
+DnsName = Annotated[str, StringConstraints(pattern=rf"^(?:{LABEL}\.)+[a-z]{{2,63}}$", max_length=253)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+IPNetwork = IPv4Network | IPv6Network
+# What `doveadm pw` writes; Dovecot and the bcrypt check both read these schemes.
+PASSWORD_SCHEMES = ("{BLF-CRYPT}", "{SHA512-CRYPT}", "{SHA256-CRYPT}", "{ARGON2ID}", "{CRYPT}")
+ADDRESS = re.compile(rf"^[a-z0-9!#$%&'*+/=?^_`{{|}}~.-]+@(?:{LABEL}\.)+[a-z]{{2,63}}$")
+DEVNULL = "/dev/null"
+
+
+class Strict(BaseModel):
+    """Unknown keys are typos: refuse them instead of silently ignoring a setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteLocal(Strict):
+    ipv4: IPv4Network
+    ipv6: IPv6Network
+
+
+class Site(Strict):
+    name: Label
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+    # One libvirt provider per hypervisor; remote ones are reached over SSH.
+    hypervisor: Annotated[str, StringConstraints(pattern=r"^qemu(\+ssh|\+tls|\+tcp)?://[^\s]*/system$")]
+    site_local: SiteLocal
+    # Prefixes routed to the site from the internet; public host addresses must sit in one.
+    public: list[IPNetwork] = []
+
+
+class Host(Strict):
+    name: Label
+    site: Label
+    ipv4: IPv4Address
+    ipv6: IPv6Address
+    public_ipv4: IPv4Address | None = None
+    public_ipv6: IPv6Address | None = None
+    # maildrop: MX 10 and the frontends' non-backup upstream; smtp_out/frontend: non-backup upstream.
+    primary: bool = False
+
+    @property
+    def label(self) -> str:
+        """`smtp-out-chrma0` -> `smtp-out`: the case study names hosts `<label>.<site>.<domain>`."""
+        return self.name.removesuffix(f"-{self.site}")
+
+    @property
+    def site_local_addresses(self) -> list[str]:
+        return [str(self.ipv6), str(self.ipv4)]
+
+    @property
+    def public_addresses(self) -> list[str]:
+        return [str(a) for a in (self.public_ipv6, self.public_ipv4) if a is not None]
+
+
+class Hosts(Strict):
+    smtp_out: list[Host] = Field(min_length=1)
+    smtp_in: list[Host] = Field(min_length=1)
+    maildrop: list[Host] = Field(min_length=2, max_length=2)
+    frontend: list[Host] = Field(min_length=1)
+
+    def by_role(self) -> dict[str, list[Host]]:
+        return {"smtp_out": self.smtp_out, "smtp_in": self.smtp_in, "maildrop": self.maildrop, "frontend": self.frontend}
+
+
+class Webmail(Strict):
+    """Roundcube runs on an existing Docker host, reached over SSH (no VM of ours)."""
+
+    host: Label
+    address: IPv4Address | IPv6Address
+    port: Port = 9002
+    image: str = "roundcube/roundcubemail:latest"
+    # The case study's geo allow-list: VPN and office/home networks.
+    allow: list[IPNetwork] = Field(min_length=1)
+    # Where the geo block bounces everyone else.
+    redirect: str = "https://ipng.ch/"
+
+
+class RelayClient(Strict):
+    """An existing server that sends its mail through smtp-out with opensmtpd."""
+
+    name: Label
+    address: IPv4Address | IPv6Address
+    # The SASL user on smtp-out; the case study names these after the server's group (`bastion`).
+    group: Label
+    mail_from: str
+
+    @field_validator("mail_from")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not ADDRESS.match(value):
+            raise ValueError(f"{value!r} is not an address")
+        return value
+
+
+class DkimKey(Strict):
+    selector: Label
+    # During rotation a domain lists the new selector beside the active one: both are published,
+    # only the active one signs.
+    active: bool = True
+
+
+class Domain(Strict):
+    name: DnsName
+    dkim: list[DkimKey] = Field(min_length=1)
+    # local part -> targets: a mailbox name, an address, or /dev/null.
+    aliases: dict[str, list[str]] = {}
+
+
+class Mailbox(Strict):
+    name: Label
+    # Hash as written by `doveadm pw -s BLF-CRYPT`; absent: the program generates a password.
+    password_hash: str | None = None
+
+    @field_validator("password_hash")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(PASSWORD_SCHEMES):
+            raise ValueError(f"must be a hash starting with one of {', '.join(PASSWORD_SCHEMES)}, not plain text")
+        return value
+
+
+class Dnsbl(Strict):
+    zone: DnsName
+    # Only these answers reject: a DNSBL's error codes (e.g. 127.255.255.254) must never block mail.
+    reply: Annotated[str, StringConstraints(pattern=r"^127\.\d+\.\d+\.(\d+|\[\d+\.\.\d+\])$")]
+
+
+class Ports(Strict):
+    smtp: Port = 25
+    smtps: Port = 465
+    submission: Port = 587
+    imaps: Port = 993
+    managesieve: Port = 4190
+    doveadm: Port = 63301
+    srs_forward: Port = 10001
+    srs_reverse: Port = 10002
+    opendkim: Port = 8891
+    rspamd_milter: Port = 11332
+    rspamd_controller: Port = 11334
+    webmail: Port = 9002
+
+
+class Dns(Strict):
+    ttl: int = Field(default=3600, ge=60, le=86400)
+    mx_ttl: int = Field(default=86400, ge=60, le=604800)
+    host_ttl: int = Field(default=600, ge=60, le=86400)
+    dmarc_policy: Literal["none", "quarantine", "reject"] = "quarantine"
+    # Where DMARC aggregate and TLS-RPT reports go.
+    report_address: str | None = None
+    mta_sts_mode: Literal["testing", "enforce", "none"] = "enforce"
+    mta_sts_max_age: int = Field(default=604800, ge=86400, le=31557600)
+
+
+class Stack(Strict):
+    infra_domain: DnsName
+    debian_image: str
+    ssh_public_key: Annotated[str, StringConstraints(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-\S+) \S+")]
+    sites: list[Site] = Field(min_length=1)
+    egress_prefixes: list[IPNetwork] = Field(min_length=1)
+    hosts: Hosts
+    webmail: Webmail
+    relay_clients: list[RelayClient] = []
+    domains: list[Domain] = Field(min_length=1)
+    mailboxes: list[Mailbox] = Field(min_length=1)
+    dnsbls: list[Dnsbl] = []
+    # 4190 is only for the VPN and internal networks (case study); empty means everybody.
+    managesieve_allow: list[IPNetwork] = []
+    ports: Ports = Ports()
+    dns: Dns = Dns()
+    # Delays the case study sets on the load balancer: two failures in ten seconds mark a backend down.
+    upstream_max_fails: int = Field(default=2, ge=1, le=100)
+    upstream_fail_timeout: int = Field(default=10, ge=1, le=3600)
+    vm_memory_mib: int = Field(default=8192, ge=512)
+    vm_vcpus: int = Field(default=4, ge=1, le=64)
+    vm_disk_gib: int = Field(default=16, ge=4)
+
+    # ---- derived facts: one place each -------------------------------------------------------
+    @cached_property
+    def site_by_name(self) -> dict[str, Site]:
+        return {s.name: s for s in self.sites}
+
+    @cached_property
+    def vm_hosts(self) -> list[tuple[str, Host]]:
+        """(role, host) for every VM the program builds."""
+        return [(role, h) for role, hosts in self.hosts.by_role().items() for h in hosts]
+
+    def fqdn(self, host: Host) -> str:
+        return f"{host.label}.{host.site}.{self.infra_domain}"
+
+    def service_name(self, service: str) -> str:
+        """Public names clients use and certificates carry: smtp-out, smtp-in, imap, webmail, maildrop."""
+        return f"{service}.{self.infra_domain}"
+
+    @property
+    def maildrop_primary(self) -> Host:
+        return next(h for h in self.hosts.maildrop if h.primary)
+
+    @property
+    def maildrop_backup(self) -> Host:
+        return next(h for h in self.hosts.maildrop if not h.primary)
+
+    def peer(self, maildrop: Host) -> Host:
+        return next(h for h in self.hosts.maildrop if h.name != maildrop.name)
+
+    @property
+    def smtp_out_primary(self) -> Host:
+        return next((h for h in self.hosts.smtp_out if h.primary), self.hosts.smtp_out[0])
+
+    @property
+    def frontend_primary(self) -> Host:
+        return next((h for h in self.hosts.frontend if h.primary), self.hosts.frontend[0])
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [d.name for d in self.domains]
+
+    @property
+    def mailbox_names(self) -> list[str]:
+        return [m.name for m in self.mailboxes]

@@ -1,0 +1,63 @@
+"""What a host must have: its files, the checks they pass before install, the services to reload."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    content: str
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+    # Services reloaded when this file changes (names as in HostTree.services).
+    reload: tuple[str, ...] = ()
+    # A Postfix lookup table: `postmap` it after install (and before the check).
+    postmap: bool = False
+
+
+@dataclass(frozen=True)
+class Check:
+    """A daemon's own checker, run with the staged files in place of the live ones."""
+
+    name: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HostTree:
+    host: str
+    role: str
+    files: Mapping[str, FileSpec]
+    checks: tuple[Check, ...] = ()
+    # service -> command that makes it re-read its files on a Debian host.
+    services: Mapping[str, str] = field(default_factory=dict)
+
+    def manifest(self) -> dict:
+        """The push payload: plain data, stable order (its hash is the push trigger)."""
+        return {
+            "host": self.host,
+            "files": {p: asdict(self.files[p]) for p in sorted(self.files)},
+            "checks": [asdict(c) for c in self.checks],
+            "services": dict(sorted(self.services.items())),
+        }
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.manifest(), sort_keys=True).encode()).hexdigest()
+
+    def merged(self, other: HostTree) -> HostTree:
+        """Two roles' trees on one host (e.g. the webmail server block on a frontend)."""
+        clash = set(self.files) & set(other.files)
+        if clash:
+            raise ValueError(f"{self.host}: {sorted(clash)} rendered twice")
+        return HostTree(
+            host=self.host,
+            role=self.role,
+            files={**self.files, **other.files},
+            checks=self.checks + tuple(c for c in other.checks if c not in self.checks),
+            services={**self.services, **other.services},
+        )
