@@ -106,7 +106,7 @@ def _overlay_and_check(manifest: dict, scratch: Path) -> None:
 
 def _run(argv: list[str], name: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True)
-    output = (result.stdout + result.stderr).strip()
+    output = "\n".join(dict.fromkeys((result.stdout + result.stderr).strip().splitlines()))
     # Postfix reports most problems as warnings and still exits 0: a warning is a failure here.
     if result.returncode != 0 or "warning:" in output:
         raise CheckFailed(f"check {name!r} failed ({' '.join(argv)}):\n{output}")
@@ -133,9 +133,10 @@ def install(manifest: dict, root: Path) -> dict:
     check(manifest)
     for path in changed:
         _write(root / path.lstrip("/"), manifest["files"][path])
+    config_dir = root / "etc/postfix"  # postmap reads main.cf for its defaults
     for path in changed:
         if manifest["files"][path]["postmap"]:
-            subprocess.run(["postmap", str(root / path.lstrip("/"))], check=True)
+            subprocess.run(["postmap", "-c", str(config_dir), str(root / path.lstrip("/"))], check=True)
     reload = sorted({s for p in changed for s in manifest["files"][p]["reload"]})
     return {"changed": changed, "reload": reload}
 
