@@ -18,3 +18,12 @@ def certificate_names(stack: Stack) -> list[str]:
 def service_users(stack: Stack) -> list[str]:
     """smtp-out SASL users that are services, not people: Roundcube and each relay group."""
     return list(dict.fromkeys(["roundcube", *(c.group for c in stack.relay_clients)]))
+
+
+def tls_cert_path(stack: Stack) -> str:
+    """Where every role installs the certificate chain (the case study's wildcard under /etc/certs)."""
+    return f"/etc/certs/{stack.infra_domain}/fullchain.pem"
+
+
+def tls_key_path(stack: Stack) -> str:
+    return f"/etc/certs/{stack.infra_domain}/privkey.pem"
