@@ -158,10 +158,21 @@ class Ports(Strict):
     webmail: Port = 9002
 
 
+class Nameserver(Strict):
+    name: DnsName
+    # Glue: required when the name lies inside a zone the stack publishes (named refuses the zone otherwise).
+    addresses: list[IPv4Address | IPv6Address] = []
+
+
 class Dns(Strict):
     ttl: int = Field(default=3600, ge=60, le=86400)
     mx_ttl: int = Field(default=86400, ge=60, le=604800)
     host_ttl: int = Field(default=600, ge=60, le=86400)
+    # The case study keeps the maildrop MX short (300 s) so a failover can be steered quickly.
+    maildrop_mx_ttl: int = Field(default=300, ge=60, le=86400)
+    # NS (and SOA primary) of every zone the program writes. Empty: ns1/ns2.<infra_domain> stand in,
+    # see Stack.nameservers. The lab serves the zones from its own server whatever is listed here.
+    nameservers: list[Nameserver] = []
     dmarc_policy: Literal["none", "quarantine", "reject"] = "quarantine"
     # Where DMARC aggregate and TLS-RPT reports go.
     report_address: str | None = None
@@ -227,6 +238,21 @@ class Stack(Strict):
     @property
     def frontend_primary(self) -> Host:
         return next((h for h in self.hosts.frontend if h.primary), self.hosts.frontend[0])
+
+    @cached_property
+    def nameservers(self) -> list[Nameserver]:
+        """dns.nameservers, or ns1/ns2.<infra_domain> on the first two frontends' public addresses.
+
+        The stack does not model the operator's DNS servers; the stand-in keeps the emitted zones
+        loadable (an in-zone NS needs addresses) until `dns.nameservers` names the real ones.
+        """
+        if self.dns.nameservers:
+            return self.dns.nameservers
+        frontends = (self.hosts.frontend * 2)[:2]
+        return [
+            Nameserver(name=f"ns{n}.{self.infra_domain}", addresses=[*filter(None, (h.public_ipv6, h.public_ipv4))])
+            for n, h in enumerate(frontends, start=1)
+        ]
 
     @property
     def domain_names(self) -> list[str]:

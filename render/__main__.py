@@ -16,7 +16,7 @@ from pathlib import Path
 
 from model import StackConfigError, load_stack_file
 from render import render_stack
-from render.dns_records import zone_texts
+from render.dns_records import dkim_public_keys, zone_texts
 from render.throwaway import throwaway_keys
 from render.tree import HostTree
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     trees = render_stack(stack, keys)
     for tree in trees.values():
         write_tree(tree, args.outdir)
-    for zone, text in zone_texts(stack, keys).items():
+    for zone, text in zone_texts(stack, dkim_public_keys(keys)).items():
         path = args.outdir / "dns" / f"{zone}.zone"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
