@@ -1,0 +1,219 @@
+"""The maildrop role (case study, "3. Dovecot: maildrop"): Postfix receives from smtp-in and hands
+mail to Dovecot over LMTP; Dovecot serves IMAPS and ManageSieve, runs Sieve and IMAPSieve, and
+replicates every mailbox to the peer maildrop with dsync.
+
+    render(stack, host, keys) -> HostTree
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import PurePosixPath
+
+from model import Host, Stack
+from render import dovecot, postfix
+from render.keys import KeyMaterial
+from render.names import tls_cert_path, tls_key_path
+from render.templates import render as render_template
+from render.tree import Check, FileSpec, HostTree
+
+ROLE = "maildrop"
+DOVECOT_CONF = "/etc/dovecot/dovecot.conf"
+USERS_FILE = "/etc/dovecot/maildrop-users"
+SIEVE_DIR = "/etc/dovecot/sieve"
+VIRTUAL_MAILDROP = "/etc/postfix/virtual-maildrop"
+# Every mailbox belongs to this one unix user (case study: "vmail:vmail for every mailbox").
+# A fixed id keeps file ownership the same on both replicas and across rebuilds and restores.
+VMAIL_ID = 5000
+USERS_HOME = "/var/dovecot/users"
+# The learn scripts read the rspamd controller password from here (not their own world-readable text).
+RSPAMD_PASSWORD_FILE = "/etc/dovecot/rspamd-controller.password"
+LEARN_SPAM = "rspamd-learn-spam.sh"
+LEARN_HAM = "rspamd-learn-ham.sh"
+# Per rspamc try, in seconds; the tries run side by side under sieve_pipe_exec_timeout (10 s).
+LEARN_TIMEOUT = 8
+# The header smtp-in's rspamd adds for its "add header" action (rspamd's milter default).
+SPAM_HEADER = "X-Spam"
+# Folders every mailbox has, with their RFC 6154 special-use flag; report-ham.sieve names Trash.
+SPECIAL_USE_MAILBOXES = {"Drafts": r"\Drafts", "Junk": r"\Junk", "Sent": r"\Sent", "Trash": r"\Trash"}
+# A message moved out of Junk into these is thrown away, not declared ham.
+NOT_HAM_MAILBOXES = ("Trash",)
+# Local senders (cron, double bounces) reach a person through these.
+LOCAL_ADDRESSES = ("postmaster", "root")
+
+SERVICES = {
+    "postfix": postfix.SERVICE["postfix"],
+    # vmail and its home come from sysusers.d/tmpfiles.d files in this tree: create them before
+    # Dovecot reads a config that names vmail (on a fresh VM nothing else creates them).
+    "dovecot": "systemd-sysusers && systemd-tmpfiles --create && systemctl reload-or-restart dovecot",
+}
+
+
+def rspamd_controller_password(keys: KeyMaterial) -> str:
+    """The password the maildrops give rspamd's controller on every smtp-in host for learn_spam /
+    learn_ham (rspamd asks it of any client outside its secure_ip). Derived from the doveadm password,
+    so no new secret has to be generated or stored; the derivation is one-way."""
+    return hmac.new(keys.doveadm_password.encode(), b"rspamd-controller", hashlib.sha256).hexdigest()
+
+
+def mail_replica(stack: Stack, host: Host) -> str:
+    """Where this maildrop's replicator pushes changes: the other maildrop's doveadm server."""
+    return f"tcp:{stack.fqdn(stack.peer(host))}:{stack.ports.doveadm}"
+
+
+def rspamd_controllers(stack: Stack) -> list[str]:
+    """Every smtp-in host's rspamd controller on its site-local address, as `rspamc -h` takes it."""
+    return [f"[{h.ipv6}]:{stack.ports.rspamd_controller}" for h in stack.hosts.smtp_in]
+
+
+def mynetworks(stack: Stack) -> tuple[str, ...]:
+    """Only the smtp-in hosts (and localhost) hand mail to a maildrop."""
+    smtp_in = [a for h in stack.hosts.smtp_in for a in (f"[{h.ipv6}]/128", f"{h.ipv4}/32")]
+    return (*postfix.LOCALHOST_NETWORKS, *smtp_in)
+
+
+def virtual_maildrop_entries(stack: Stack) -> dict[str, str]:
+    """<mailbox>@<maildrop domain> -> <mailbox> (Dovecot's user), plus postmaster and root to a person."""
+    domain = stack.service_name(ROLE)
+    entries = {f"{name}@{domain}": name for name in stack.mailbox_names}
+    for local in LOCAL_ADDRESSES:
+        entries.setdefault(f"{local}@{domain}", postfix.root_address(stack))
+    return entries
+
+
+def postfix_files(stack: Stack, host: Host) -> dict[str, FileSpec]:
+    values = postfix.base_values(stack, host, ROLE, mynetworks=mynetworks(stack))
+    # The maildrop domain is virtual (Dovecot's), so it must not be $myhostname, which Postfix
+    # delivers locally: the host is known by its own name, and unqualified addresses (the users in
+    # virtual-maildrop, cron's root) get the maildrop domain.
+    values.update(myhostname=stack.fqdn(host), myorigin=stack.service_name(ROLE), mydestination=["localhost"])
+    reload = ("postfix",)
+    main_cf = render_template(
+        ROLE,
+        "/etc/postfix/main.cf",
+        **values,
+        maildrop_domain=stack.service_name(ROLE),
+        virtual_maildrop=VIRTUAL_MAILDROP,
+    )
+    return {
+        "/etc/postfix/main.cf": FileSpec(main_cf, reload=reload),
+        "/etc/postfix/master.cf": FileSpec(render_template(ROLE, "/etc/postfix/master.cf", **values), reload=reload),
+        VIRTUAL_MAILDROP: FileSpec(
+            render_template(ROLE, VIRTUAL_MAILDROP, virtual_maildrop_entries=virtual_maildrop_entries(stack)),
+            postmap=True,
+        ),
+        **postfix.aliases_file(stack),
+    }
+
+
+def dovecot_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, FileSpec]:
+    reload = ("dovecot",)
+    conf = render_template(
+        ROLE,
+        DOVECOT_CONF,
+        users_file=USERS_FILE,
+        userdb_default_fields=f"uid=vmail gid=vmail home={USERS_HOME}/%n",
+        special_use_mailboxes=SPECIAL_USE_MAILBOXES,
+        tls_cert_file=tls_cert_path(stack),
+        tls_key_file=tls_key_path(stack),
+        imaps_port=stack.ports.imaps,
+        managesieve_port=stack.ports.managesieve,
+        doveadm_port=stack.ports.doveadm,
+        doveadm_password=keys.doveadm_password,
+        mail_replica=mail_replica(stack, host),
+        sieve_dir=SIEVE_DIR,
+    )
+    return {
+        # It holds doveadm_password (as in the case study): Dovecot's processes only.
+        DOVECOT_CONF: FileSpec(conf, mode=0o640, group="dovecot", reload=reload),
+        USERS_FILE: FileSpec(
+            dovecot.passwd_file(stack.mailbox_names, keys.password_hashes),
+            mode=dovecot.USERS_FILE_MODE,
+            group=dovecot.USERS_FILE_GROUP,
+        ),
+        "/etc/sysusers.d/vmail.conf": FileSpec(
+            render_template(ROLE, "/etc/sysusers.d/vmail.conf", vmail_id=VMAIL_ID, users_home=USERS_HOME),
+            reload=reload,
+        ),
+        "/etc/tmpfiles.d/dovecot-users.conf": FileSpec(
+            render_template(
+                ROLE,
+                "/etc/tmpfiles.d/dovecot-users.conf",
+                users_home=USERS_HOME,
+                users_parent=str(PurePosixPath(USERS_HOME).parent),
+            ),
+            reload=reload,
+        ),
+    }
+
+
+def sieve_files(stack: Stack, keys: KeyMaterial) -> dict[str, FileSpec]:
+    """Global Sieve scripts, the IMAPSieve reports and the rspamc scripts they pipe to."""
+    scripts = {
+        f"{SIEVE_DIR}/default.sieve": {},
+        f"{SIEVE_DIR}/before.d/10-junk.sieve": {"spam_header": SPAM_HEADER},
+        f"{SIEVE_DIR}/after.d/90-site.sieve": {},
+        f"{SIEVE_DIR}/report-spam.sieve": {"learn_spam_script": LEARN_SPAM},
+        f"{SIEVE_DIR}/report-ham.sieve": {"learn_ham_script": LEARN_HAM, "not_ham_mailboxes": NOT_HAM_MAILBOXES},
+    }
+    files = {
+        path: FileSpec(render_template(ROLE, path, **values), reload=("sieve",)) for path, values in scripts.items()
+    }
+    for script, learn, caller in (
+        (LEARN_SPAM, "learn_spam", "report-spam.sieve"),
+        (LEARN_HAM, "learn_ham", "report-ham.sieve"),
+    ):
+        content = render_template(
+            ROLE,
+            f"{SIEVE_DIR}/{script}",
+            learn=learn,
+            caller=caller,
+            controllers=rspamd_controllers(stack),
+            password_file=RSPAMD_PASSWORD_FILE,
+            timeout=LEARN_TIMEOUT,
+        )
+        files[f"{SIEVE_DIR}/{script}"] = FileSpec(content, mode=0o755)
+    # Read by the learn scripts, which run as vmail.
+    password = render_template(ROLE, RSPAMD_PASSWORD_FILE, password=rspamd_controller_password(keys))
+    files[RSPAMD_PASSWORD_FILE] = FileSpec(password, mode=0o640, group="vmail", reload=("sieve",))
+    return files
+
+
+def sieve_service(sieve_paths: list[str]) -> str:
+    """What the "sieve" service does when a global script or the learn password changes: compile
+    the scripts (Dovecot runs them as vmail, which cannot write the .svbin next to them), and give
+    the password file to vmail, which on a fresh VM only exists once the dovecot service ran."""
+    dirs = sorted({str(PurePosixPath(p).parent) for p in sieve_paths})
+    return " && ".join([f"chgrp vmail {RSPAMD_PASSWORD_FILE}", *(f"sievec -c {DOVECOT_CONF} {d}" for d in dirs)])
+
+
+def checks(sieve_paths: list[str]) -> tuple[Check, ...]:
+    # doveconf reports problems as "doveconf: Warning: ..." and exits 0: any stderr fails the check.
+    doveconf = f'err=$(doveconf -n -c {DOVECOT_CONF} 2>&1 >/dev/null) && [ -z "$err" ] || {{ echo "$err"; exit 1; }}'
+    # -d writes a dump of the compiled script to stdout instead of a binary anywhere: a compile check.
+    sievec = (Check(f"sievec {p}", ("sievec", "-c", DOVECOT_CONF, "-d", p, "-")) for p in sieve_paths)
+    return (
+        *postfix.CHECKS,
+        Check("postconf -n", ("postconf", "-n")),
+        Check("doveconf -n", ("sh", "-c", doveconf)),
+        *sievec,
+    )
+
+
+def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
+    files = {
+        **postfix_files(stack, host),
+        **dovecot_files(stack, host, keys),
+        **sieve_files(stack, keys),
+        **postfix.tls_files(stack, keys, reload=("postfix", "dovecot")),
+    }
+    sieve_paths = sorted(p for p in files if p.endswith(".sieve"))
+    return HostTree(
+        host=host.name,
+        role=ROLE,
+        files=files,
+        checks=checks(sieve_paths),
+        # Applied in name order: dovecot (creates vmail) before sieve (needs it).
+        services={**SERVICES, "sieve": sieve_service(sieve_paths)},
+    )
