@@ -70,3 +70,12 @@ def aliases_file(stack: Stack) -> dict[str, FileSpec]:
     """/etc/postfix/aliases, built with postmap by the push; local(8) notices a new .db by itself."""
     content = render("shared", "/postfix/aliases", root_address=root_address(stack))
     return {"/etc/postfix/aliases": FileSpec(content, postmap=True)}
+
+
+# master.cf names the listeners by service name; another port is written as a number.
+WELL_KNOWN_PORTS = {"smtp": 25, "submission": 587, "smtps": 465}
+
+
+def listener(service: str, port: int) -> str:
+    """The master.cf service field for `service` on `port`: `submission`, or `2587` if moved."""
+    return service if WELL_KNOWN_PORTS[service] == port else str(port)

@@ -1,0 +1,131 @@
+"""smtp-in: the case study's "2. Inbound: smtp-in".
+
+Postfix on 25 and 465 for the stack's mail domains only: DNSBLs, the rspamd milter (greylist,
+reject, tag), virtual aliases to the maildrops (by their MX) or onward, with PostSRSd rewriting
+forwarded envelopes.
+"""
+
+from __future__ import annotations
+
+from model import Host, Stack
+from model.stack import DEVNULL
+from render import postfix, rspamd, unbound
+from render.keys import KeyMaterial
+from render.templates import render as template
+from render.tree import Check, FileSpec, HostTree
+
+ROLE = "smtp_in"
+# What a /dev/null alias points at: virtual_alias_maps can only name addresses, so this one is
+# handed to the discard transport (transport_maps). `.invalid` never resolves: should the
+# transport table ever be missing, the mail bounces instead of leaving the host.
+DISCARD_ADDRESS = "devnull@discard.invalid"
+SRS_SECRET = "/etc/postsrsd.secret"
+TABLES = ("/etc/postfix/virtual-domains", "/etc/postfix/virtual", "/etc/postfix/transport")
+
+SERVICES = {
+    **postfix.SERVICE,
+    # PostSRSd has no reload: it reads its settings and secret at start.
+    "postsrsd": "systemctl restart postsrsd",
+    **rspamd.SERVICE,
+    **unbound.SERVICES,
+}
+CHECKS = (
+    *postfix.CHECKS,
+    # Debian's launcher sources the file with sh.
+    Check("postsrsd settings", ("sh", "-n", "/etc/default/postsrsd")),
+    *rspamd.CHECKS,
+    *unbound.CHECKS,
+)
+
+
+def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
+    files = {
+        **postfix_files(stack, host, keys),
+        **postsrsd_files(stack, keys),
+        **rspamd_files(stack, host),
+        **unbound.files(),
+    }
+    return HostTree(host=host.name, role=ROLE, files=files, checks=CHECKS, services=SERVICES)
+
+
+def postfix_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, FileSpec]:
+    values = postfix.base_values(stack, host, "smtp-in")
+    values.update(
+        smtp=postfix.listener("smtp", stack.ports.smtp),
+        smtps=postfix.listener("smtps", stack.ports.smtps),
+        dnsbls=stack.dnsbls,
+        rspamd_milter_port=stack.ports.rspamd_milter,
+        srs_forward_port=stack.ports.srs_forward,
+        srs_reverse_port=stack.ports.srs_reverse,
+        maildrop_name=stack.service_name("maildrop"),
+        discard_address=DISCARD_ADDRESS,
+    )
+    reload = ("postfix",)
+    tables = {
+        # Postfix notices a rebuilt .db by itself: the tables need no reload.
+        "/etc/postfix/virtual-domains": template(ROLE, TABLES[0], domains=stack.domain_names),
+        "/etc/postfix/virtual": template(ROLE, TABLES[1], tables=virtual_alias_tables(stack)),
+        "/etc/postfix/transport": template(ROLE, TABLES[2], discard_address=DISCARD_ADDRESS),
+    }
+    return {
+        "/etc/postfix/main.cf": FileSpec(template(ROLE, "/etc/postfix/main.cf", **values), reload=reload),
+        "/etc/postfix/master.cf": FileSpec(template(ROLE, "/etc/postfix/master.cf", **values), reload=reload),
+        **{path: FileSpec(content, postmap=True) for path, content in tables.items()},
+        **postfix.aliases_file(stack),
+        **postfix.tls_files(stack, keys, reload),
+    }
+
+
+def alias_target(stack: Stack, target: str) -> str:
+    """A mailbox name goes to the maildrops, /dev/null to the discard address, an address stays."""
+    if target == DEVNULL:
+        return DISCARD_ADDRESS
+    if target in stack.mailbox_names:
+        return f"{target}@{stack.service_name('maildrop')}"
+    return target
+
+
+def virtual_alias_tables(stack: Stack) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """(domain, [(alias address, [targets])]) per mail domain, in the stack's order."""
+    return [
+        (
+            domain.name,
+            [
+                (f"{local}@{domain.name}", [alias_target(stack, t) for t in targets])
+                for local, targets in domain.aliases.items()
+            ],
+        )
+        for domain in stack.domains
+    ]
+
+
+def postsrsd_files(stack: Stack, keys: KeyMaterial) -> dict[str, FileSpec]:
+    settings = template(
+        ROLE,
+        "/etc/default/postsrsd",
+        srs_domain=stack.infra_domain,
+        exclude_domains=[d for d in stack.domain_names if d != stack.infra_domain],
+        srs_forward_port=stack.ports.srs_forward,
+        srs_reverse_port=stack.ports.srs_reverse,
+        secret_file=SRS_SECRET,
+    )
+    reload = ("postsrsd",)
+    return {
+        "/etc/default/postsrsd": FileSpec(settings, reload=reload),
+        # Read by postsrsd as root before it drops privileges.
+        SRS_SECRET: FileSpec(keys.srs_secret + "\n", mode=0o600, reload=reload),
+    }
+
+
+def rspamd_files(stack: Stack, host: Host) -> dict[str, FileSpec]:
+    """rspamd as on smtp-out, plus: its controller also listens on the site-local addresses, where
+    the maildrops (and only they, and localhost) may teach it spam and ham."""
+    maildrops = [a for m in stack.hosts.maildrop for a in m.site_local_addresses]
+    files = rspamd.local_d(
+        stack,
+        controller_addresses=[*rspamd.LOOPBACK, *host.site_local_addresses],
+        secure_ips=[*rspamd.LOOPBACK, *maildrops],
+    )
+    path = f"{rspamd.LOCAL_D}/milter_headers.conf"
+    files[path] = FileSpec(template(ROLE, path), reload=("rspamd",))
+    return files

@@ -1,0 +1,115 @@
+"""smtp-out: the case study's "1. Outbound: smtp-out".
+
+Postfix takes submission (587) only, authenticates against Dovecot (sasl-users), passes mail
+through rspamd and OpenDKIM (signing with each domain's active key) and delivers by MX.
+"""
+
+from __future__ import annotations
+
+from model import Host, Stack
+from render import postfix, rspamd, unbound
+from render.dovecot import USERS_FILE_GROUP, USERS_FILE_MODE, passwd_file
+from render.keys import KeyMaterial
+from render.templates import render as template
+from render.tree import Check, FileSpec, HostTree
+
+ROLE = "smtp_out"
+SASL_USERS = "/etc/dovecot/sasl-users"
+OPENDKIM_DIR = "/etc/opendkim"
+KEY_TABLE = f"{OPENDKIM_DIR}/keytable"
+SIGNING_TABLE = f"{OPENDKIM_DIR}/signers"
+
+SERVICES = {
+    **postfix.SERVICE,
+    "dovecot": "systemctl reload dovecot",
+    "opendkim": "systemctl reload opendkim",
+    **rspamd.SERVICE,
+    **unbound.SERVICES,
+}
+CHECKS = (
+    *postfix.CHECKS,
+    Check("doveconf", ("doveconf", "-n", "-c", "/etc/dovecot/dovecot.conf")),
+    Check("opendkim -n", ("opendkim", "-n", "-x", "/etc/opendkim.conf")),
+    *rspamd.CHECKS,
+    *unbound.CHECKS,
+)
+
+
+def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
+    files = {
+        **postfix_files(stack, host, keys),
+        **dovecot_files(keys),
+        **opendkim_files(stack, keys),
+        **rspamd.local_d(stack),
+        **unbound.files(),
+    }
+    return HostTree(host=host.name, role=ROLE, files=files, checks=CHECKS, services=SERVICES)
+
+
+def postfix_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, FileSpec]:
+    values = postfix.base_values(stack, host, "smtp-out")
+    values["submission"] = postfix.listener("submission", stack.ports.submission)
+    # The case study's order: OpenDKIM, then rspamd.
+    values["milters"] = [f"inet:localhost:{stack.ports.opendkim}", f"inet:localhost:{stack.ports.rspamd_milter}"]
+    reload = ("postfix",)
+    return {
+        "/etc/postfix/main.cf": FileSpec(template(ROLE, "/etc/postfix/main.cf", **values), reload=reload),
+        "/etc/postfix/master.cf": FileSpec(template(ROLE, "/etc/postfix/master.cf", **values), reload=reload),
+        **postfix.aliases_file(stack),
+        **postfix.tls_files(stack, keys, reload),
+    }
+
+
+def dovecot_files(keys: KeyMaterial) -> dict[str, FileSpec]:
+    """Dovecot answers SASL for every mailbox and every service user (Roundcube, relay groups)."""
+    conf = template(ROLE, "/etc/dovecot/dovecot.conf", users_file=SASL_USERS)
+    return {
+        "/etc/dovecot/dovecot.conf": FileSpec(conf, reload=("dovecot",)),
+        # Dovecot re-reads a passwd-file that changed: no reload.
+        SASL_USERS: FileSpec(
+            passwd_file(sorted(keys.password_hashes), keys.password_hashes),
+            mode=USERS_FILE_MODE,
+            group=USERS_FILE_GROUP,
+        ),
+    }
+
+
+def dkim_key_path(domain: str, selector: str) -> str:
+    return f"{OPENDKIM_DIR}/keys/{domain}/{selector}.private"
+
+
+def dkim_key_name(domain: str, selector: str) -> str:
+    """Unique per key: two domains may share a selector name (lab: `lab`)."""
+    return f"{selector}._domainkey.{domain}"
+
+
+def opendkim_files(stack: Stack, keys: KeyMaterial) -> dict[str, FileSpec]:
+    reload = ("opendkim",)
+    entries = [
+        (dkim_key_name(d.name, k.selector), d.name, k.selector, dkim_key_path(d.name, k.selector))
+        for d in stack.domains
+        for k in d.dkim
+    ]
+    # Only the active key signs; a key being rotated in is in the KeyTable and DNS, not here.
+    signers = [
+        (pattern, dkim_key_name(d.name, k.selector))
+        for d in stack.domains
+        for k in d.dkim
+        if k.active
+        for pattern in (f"*@{d.name}", f"*@*.{d.name}")
+    ]
+    files = {
+        "/etc/opendkim.conf": FileSpec(
+            template(
+                ROLE, "/etc/opendkim.conf", port=stack.ports.opendkim, key_table=KEY_TABLE, signing_table=SIGNING_TABLE
+            ),
+            reload=reload,
+        ),
+        KEY_TABLE: FileSpec(template(ROLE, KEY_TABLE, entries=entries), reload=reload),
+        SIGNING_TABLE: FileSpec(template(ROLE, SIGNING_TABLE, signers=signers), reload=reload),
+    }
+    for _, domain, selector, path in entries:
+        files[path] = FileSpec(
+            keys.dkim_keys[(domain, selector)], mode=0o600, owner="opendkim", group="opendkim", reload=reload
+        )
+    return files
