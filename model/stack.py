@@ -239,7 +239,7 @@ class Stack(Strict):
     def frontend_primary(self) -> Host:
         return next((h for h in self.hosts.frontend if h.primary), self.hosts.frontend[0])
 
-    @cached_property
+    @property
     def nameservers(self) -> list[Nameserver]:
         """dns.nameservers, or ns1/ns2.<infra_domain> on the first two frontends' public addresses.
 
