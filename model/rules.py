@@ -25,21 +25,49 @@ def _duplicates(values: list[str]) -> set[str]:
     return {v for v, n in Counter(values).items() if n > 1}
 
 
+def _repeats(keyed: list[tuple[str, object]]) -> Iterator[tuple[str, object, str]]:
+    """(key, value, key of its first use) for every value used again: the key to fix is the later one."""
+    first: dict[object, str] = {}
+    for key, value in keyed:
+        if value in first:
+            yield key, value, first[value]
+        else:
+            first[value] = key
+
+
 def _sites(stack: Stack) -> Iterator[Problem]:
-    for name in _duplicates([s.name for s in stack.sites]):
-        yield "sites", f"site {name!r} is defined twice"
+    for key, name, first in _repeats([(f"sites[{n}].name", s.name) for n, s in enumerate(stack.sites)]):
+        yield key, f"site {name!r} is defined twice (also {first})"
     seen: set[str] = set()
     for n, site in enumerate(stack.sites):
         if site.hypervisor in seen:
-            yield f"sites[{n}].hypervisor", f"{site.hypervisor!r} is used by two sites: each site has its own hypervisor"
+            yield (
+                f"sites[{n}].hypervisor",
+                f"{site.hypervisor!r} is used by two sites: each site has its own hypervisor",
+            )
         seen.add(site.hypervisor)
 
 
 def _hosts(stack: Stack) -> Iterator[Problem]:
-    all_names = [h.name for _, h in stack.vm_hosts] + [stack.webmail.host] + [r.name for r in stack.relay_clients]
-    for name in sorted(_duplicates(all_names)):
-        yield "hosts", f"host name {name!r} is used twice"
-    addresses = Counter(a for _, h in stack.vm_hosts for a in h.site_local_addresses + h.public_addresses)
+    names = [
+        (f"hosts.{role}[{n}].name", h.name)
+        for role, hosts in stack.hosts.by_role().items()
+        for n, h in enumerate(hosts)
+    ]
+    names += [("webmail.host", stack.webmail.host)]
+    names += [(f"relay_clients[{n}].name", r.name) for n, r in enumerate(stack.relay_clients)]
+    for key, name, first in _repeats(names):
+        yield key, f"host name {name!r} is used twice (also {first})"
+    fields = ("ipv6", "ipv4", "public_ipv6", "public_ipv4")
+    addresses = [
+        (f"hosts.{role}[{n}].{field}", str(getattr(h, field)))
+        for role, hosts in stack.hosts.by_role().items()
+        for n, h in enumerate(hosts)
+        for field in fields
+        if getattr(h, field) is not None
+    ]
+    for key, address, first in _repeats(addresses):
+        yield key, f"address {address} is used by more than one host (also {first})"
     for role, hosts in stack.hosts.by_role().items():
         for n, host in enumerate(hosts):
             key = f"hosts.{role}[{n}]"
@@ -48,18 +76,20 @@ def _hosts(stack: Stack) -> Iterator[Problem]:
                 yield f"{key}.site", f"unknown site {host.site!r} (sites are: {', '.join(stack.site_by_name)})"
                 continue
             if not host.name.endswith(f"-{host.site}") or host.label == host.name:
-                yield f"{key}.name", f"{host.name!r} must be <label>-{host.site} (the case study's <label>.<site> naming)"
+                yield (
+                    f"{key}.name",
+                    f"{host.name!r} must be <label>-{host.site} (the case study's <label>.<site> naming)",
+                )
             if host.ipv4 not in site.site_local.ipv4:
                 yield f"{key}.ipv4", f"{host.ipv4} is outside site {site.name}'s site-local {site.site_local.ipv4}"
+            elif host.ipv4 == site.router_ipv4:
+                yield f"{key}.ipv4", f"{host.ipv4} is site {site.name}'s router (the prefix's first address)"
             if host.ipv6 not in site.site_local.ipv6:
                 yield f"{key}.ipv6", f"{host.ipv6} is outside site {site.name}'s site-local {site.site_local.ipv6}"
             for field in ("public_ipv4", "public_ipv6"):
                 address = getattr(host, field)
                 if address is not None and not any(address in p for p in site.public if p.version == address.version):
                     yield f"{key}.{field}", f"{address} is in none of site {site.name}'s public prefixes"
-            for address in host.site_local_addresses + host.public_addresses:
-                if addresses[address] > 1:
-                    yield key, f"address {address} is used by more than one host"
         # The case study spreads every role over separate hypervisors: one failure, one replica.
         sites = [h.site for h in hosts]
         for site in sorted(_duplicates(sites)):
@@ -84,8 +114,8 @@ def _maildrops(stack: Stack) -> Iterator[Problem]:
 
 
 def _domains(stack: Stack) -> Iterator[Problem]:
-    for name in _duplicates(stack.domain_names):
-        yield "domains", f"domain {name!r} is listed twice"
+    for key, name, first in _repeats([(f"domains[{n}].name", d.name) for n, d in enumerate(stack.domains)]):
+        yield key, f"domain {name!r} is listed twice (also {first})"
     selectors = Counter((d.name, k.selector) for d in stack.domains for k in d.dkim)
     for n, domain in enumerate(stack.domains):
         for k, key in enumerate(domain.dkim):
@@ -96,8 +126,9 @@ def _domains(stack: Stack) -> Iterator[Problem]:
         if sum(k.active for k in domain.dkim) > 1:
             yield f"domains[{n}].dkim", "more than one active selector: only one key signs, the others are published"
     # The maildrop name is the internal next hop, not a mail domain.
-    if stack.service_name("maildrop") in stack.domain_names:
-        yield "domains", f"{stack.service_name('maildrop')} is the maildrops' internal name, not a mail domain"
+    for n, domain in enumerate(stack.domains):
+        if domain.name == stack.service_name("maildrop"):
+            yield f"domains[{n}].name", f"{domain.name} is the maildrops' internal name, not a mail domain"
 
 
 def _aliases(stack: Stack) -> Iterator[Problem]:
@@ -128,8 +159,8 @@ def _aliases(stack: Stack) -> Iterator[Problem]:
 
 
 def _mailboxes(stack: Stack) -> Iterator[Problem]:
-    for name in _duplicates(stack.mailbox_names):
-        yield "mailboxes", f"mailbox {name!r} is listed twice"
+    for key, name, first in _repeats([(f"mailboxes[{n}].name", m.name) for n, m in enumerate(stack.mailboxes)]):
+        yield key, f"mailbox {name!r} is listed twice (also {first})"
     service_users = {"roundcube"} | {r.group for r in stack.relay_clients}
     for n, box in enumerate(stack.mailboxes):
         if box.name in service_users:
@@ -140,7 +171,10 @@ def _relay_clients(stack: Stack) -> Iterator[Problem]:
     for n, client in enumerate(stack.relay_clients):
         domain = client.mail_from.partition("@")[2]
         if domain not in stack.domain_names:
-            yield f"relay_clients[{n}].mail_from", f"{domain} is not a mail domain of the stack: it would not be DKIM signed"
+            yield (
+                f"relay_clients[{n}].mail_from",
+                f"{domain} is not a mail domain of the stack: it would not be DKIM signed",
+            )
 
 
 def _webmail(stack: Stack) -> Iterator[Problem]:
@@ -160,6 +194,9 @@ def _ports(stack: Stack) -> Iterator[Problem]:
         values = [getattr(stack.ports, n) for n in names]
         for port in _duplicates([str(v) for v in values]):
             clash = [n for n in names if str(getattr(stack.ports, n)) == port]
-            yield f"ports.{clash[-1]}", f"port {port} is also used by {clash[0]} on {role}"
+            # Name the port the config sets: the other one is a default.
+            moved = [n for n in clash if n in stack.ports.model_fields_set] or clash[-1:]
+            other = next(n for n in clash if n != moved[0])
+            yield f"ports.{moved[0]}", f"port {port} is also used by {other} on {role}"
     if stack.ports.webmail in (80, 443):
         yield "ports.webmail", "80/443 are the frontends' own; Roundcube listens behind them"

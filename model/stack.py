@@ -7,7 +7,6 @@ objects. Shape checks live on the fields; rules that span objects live in `model
 from __future__ import annotations
 
 import re
-from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Annotated, Literal
 
@@ -44,6 +43,18 @@ class Site(Strict):
     site_local: SiteLocal
     # Prefixes routed to the site from the internet; public host addresses must sit in one.
     public: list[IPNetwork] = []
+    # The hypervisor's bridge onto the site-local network: each VM's one NIC joins it.
+    bridge: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,15}$")] = "br0"
+    # The libvirt storage pool that holds the Debian base image and the VMs' disks.
+    pool: Label = "default"
+    # DNS resolvers for the VMs (apt, cloud-init); empty: what the site's router announces (RDNSS).
+    resolvers: list[IPv4Address | IPv6Address] = []
+
+    @property
+    def router_ipv4(self) -> IPv4Address:
+        """The site's IPv4 gateway to the egress NAT: by convention the prefix's first address.
+        IPv6 needs none: the router's advertisements carry the default route."""
+        return next(self.site_local.ipv4.hosts())
 
 
 class Host(Strict):
@@ -77,7 +88,12 @@ class Hosts(Strict):
     frontend: list[Host] = Field(min_length=1)
 
     def by_role(self) -> dict[str, list[Host]]:
-        return {"smtp_out": self.smtp_out, "smtp_in": self.smtp_in, "maildrop": self.maildrop, "frontend": self.frontend}
+        return {
+            "smtp_out": self.smtp_out,
+            "smtp_in": self.smtp_in,
+            "maildrop": self.maildrop,
+            "frontend": self.frontend,
+        }
 
 
 class Webmail(Strict):
@@ -204,11 +220,11 @@ class Stack(Strict):
     vm_disk_gib: int = Field(default=16, ge=4)
 
     # ---- derived facts: one place each -------------------------------------------------------
-    @cached_property
+    @property
     def site_by_name(self) -> dict[str, Site]:
         return {s.name: s for s in self.sites}
 
-    @cached_property
+    @property
     def vm_hosts(self) -> list[tuple[str, Host]]:
         """(role, host) for every VM the program builds."""
         return [(role, h) for role, hosts in self.hosts.by_role().items() for h in hosts]

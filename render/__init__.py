@@ -32,4 +32,4 @@ def render_stack(stack: Stack, keys: KeyMaterial) -> dict[str, HostTree]:
     return trees
 
 
-__all__ = ["Check", "FileSpec", "HostTree", "KeyMaterial", "ROLES", "render_host", "render_stack"]
+__all__ = ["ROLES", "Check", "FileSpec", "HostTree", "KeyMaterial", "render_host", "render_stack"]
