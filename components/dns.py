@@ -1,0 +1,49 @@
+"""The DNS the cluster needs, as stack outputs: structured records and BIND zone text.
+
+Records come from render.dns_records (one place for every name); the only Pulumi part is waiting
+for the DKIM public keys. Public keys only: nothing here is secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pulumi
+
+from components.keys import Keys
+from model import Stack
+from render import dns_records
+
+
+class DnsOutputs:
+    def __init__(self, stack: Stack, keys: Keys):
+        pairs = list(keys.dkim_public)
+        public = pulumi.Output.all(*(keys.dkim_public[p] for p in pairs)).apply(
+            lambda pems: dict(zip(pairs, pems, strict=True))
+        )
+        self.records: pulumi.Output[list[dict]] = public.apply(
+            lambda p: [asdict(r) for r in dns_records.records(stack, p)]
+        )
+        self.zones: pulumi.Output[dict[str, str]] = public.apply(lambda p: dns_records.zone_texts(stack, p))
+        # Each mail domain's MX targets, in preference order, as the records publish them.
+        self.mx: pulumi.Output[dict[str, list[str]]] = self.records.apply(_mx)
+
+
+def _mx(records: list[dict]) -> dict[str, list[str]]:
+    mx: dict[str, list[str]] = {}
+    for r in records:
+        if r["type"] == "MX" and r["name"] == "@":
+            mx.setdefault(r["zone"], []).append(r["value"])
+    return {zone: sorted(values, key=lambda v: int(v.split()[0])) for zone, values in mx.items()}
+
+
+def endpoints(stack: Stack, dns: DnsOutputs) -> dict:
+    """Where clients connect: every one of these names resolves to the frontends (smtp-in for MX)."""
+    ports = stack.ports
+    return {
+        "submission": f"{stack.service_name('smtp-out')}:{ports.submission}",
+        "imaps": f"{stack.service_name('imap')}:{ports.imaps}",
+        "managesieve": f"{stack.service_name('imap')}:{ports.managesieve}",
+        "webmail": f"https://{stack.service_name('webmail')}/",
+        "mx": dns.mx,
+    }

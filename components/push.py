@@ -1,0 +1,84 @@
+"""The push: a host's rendered tree, installed by render/push_host.py over SSH.
+
+One remote Command per host. Its trigger is the tree's digest, so a push re-runs only when that
+host's files change: a one-alias change previews as a change to the smtp-in pushes alone.
+The manifest (with its keys and secrets) travels on the command's stdin, a secret input, never on a
+command line; the command itself carries only the push script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_command.remote as remote
+
+from model import Stack
+from render import render_host
+from render.keys import KeyMaterial
+from render.tree import HostTree
+
+PUSH_HOST = Path(__file__).resolve().parent.parent / "render" / "push_host.py"
+_END = "PUSH_HOST_PY"
+
+
+@cache
+def push_command() -> str:
+    """Shell for the host: write the push script to a temp file, run it on the manifest (stdin)."""
+    script = PUSH_HOST.read_text().rstrip("\n")
+    if _END in script.splitlines():
+        raise ValueError(f"push_host.py contains the heredoc delimiter {_END}")
+    return f'f=$(mktemp) && trap \'rm -f "$f"\' EXIT && cat > "$f" <<\'{_END}\'\n{script}\n{_END}\npython3 "$f"\n'
+
+
+def payload(tree: HostTree) -> tuple[str, str]:
+    """(manifest JSON for stdin, its digest): the digest is HostTree.digest(), hashed once."""
+    text = json.dumps(tree.manifest(), sort_keys=True)
+    return text, hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Pushes:
+    """What every push of a stack shares: the model, the key material, the operator's SSH key."""
+
+    stack: Stack
+    material: pulumi.Output[KeyMaterial]
+    # From the secret `mail-cluster:ssh_private_key`; None: the SSH agent's keys.
+    ssh_private_key: pulumi.Output[str] | None = None
+
+    def tree(self, role: str, host: Any) -> pulumi.Output[HostTree]:
+        return self.material.apply(lambda keys: render_host(self.stack, role, host, keys))
+
+    def push(
+        self,
+        name: str,
+        role: str,
+        host: Any,
+        address: str,
+        parent: pulumi.Resource,
+        depends_on: list[pulumi.Resource] | None = None,
+    ) -> remote.Command:
+        """The Command that installs `host`'s tree at `address` (after `depends_on`, e.g. its VM)."""
+        data = self.tree(role, host).apply(payload)
+        return remote.Command(
+            f"{name}-push",
+            connection=remote.ConnectionArgs(host=address, user="root", private_key=self.ssh_private_key),
+            create=push_command(),
+            # A change of the push script itself re-runs it everywhere; it is idempotent.
+            update=push_command(),
+            stdin=pulumi.Output.secret(data[0]),
+            # A hash of files full of random secrets reveals none of them; kept plain so that a
+            # preview shows which pushes change.
+            triggers=[pulumi.Output.unsecret(data[1])],
+            # stdout lists changed paths and reloaded services; stderr may quote a file (a
+            # checker's message): it stays out of the logs, and secret in the state.
+            logging=remote.Logging.STDOUT,
+            opts=pulumi.ResourceOptions(
+                parent=parent, depends_on=depends_on or [], additional_secret_outputs=["stderr"]
+            ),
+        )

@@ -1,0 +1,102 @@
+"""Run the Pulumi program (__main__.py) under MailMocks, as `pulumi up` would, and collect what it made.
+
+    run = run_program("lab")                       # Pulumi.lab.yaml's values
+    run = run_program("lab", values, memo=memo)    # changed values; same memo: same keys as before
+    run.mocks.of_type(DOMAIN), run.outputs["hosts"], run.secret_texts
+
+Config is handed over as the CLI does: plain strings as they are, everything else as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import settings
+
+from model import NAMESPACE, stack_file_values
+from tests.pulumi_mocks import MailMocks
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAM = ROOT / "__main__.py"
+
+PROVIDER = "pulumi:providers:libvirt"
+DOMAIN = "libvirt:index/domain:Domain"
+VOLUME = "libvirt:index/volume:Volume"
+CLOUD_INIT = "libvirt:index/cloudInitDisk:CloudInitDisk"
+COMMAND = "command:remote:Command"
+# Outputs of the mocked providers that are secrets: none may show in a plain stack output.
+SECRET_OUTPUTS = ("privateKeyPem", "privateKeyPemPkcs8", "privateKeyOpenssh", "result", "bcryptHash")
+
+
+class RecordingMocks(MailMocks):
+    """MailMocks that also keep every secret value their providers handed out."""
+
+    def __init__(self, memo: dict | None = None):
+        super().__init__(memo=memo)
+        self.secret_texts: list[str] = []
+
+    def new_resource(self, args):
+        id_, outputs = super().new_resource(args)
+        self.secret_texts += [outputs[k] for k in SECRET_OUTPUTS if isinstance(outputs.get(k), str)]
+        return id_, outputs
+
+
+@dataclass
+class Run:
+    mocks: RecordingMocks
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+
+    @property
+    def secret_texts(self) -> list[str]:
+        return self.mocks.secret_texts
+
+    def inputs(self) -> dict[tuple[str, str], dict]:
+        """(type, name) -> inputs of every resource, components included."""
+        return {(r.typ, r.name): r.inputs for r in self.mocks.resources}
+
+
+def config_map(values: dict[str, Any]) -> dict[str, str]:
+    return {f"{NAMESPACE}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+def run_program(
+    stack_name: str,
+    values: dict[str, Any] | None = None,
+    memo: dict | None = None,
+    secrets: dict[str, str] | None = None,
+    mocks: RecordingMocks | None = None,
+) -> Run:
+    """Evaluate the program for `stack_name` (with `values` instead of its file's, if given).
+    Pass `mocks` to inspect what was registered when the program raises."""
+    run = Run(mocks or RecordingMocks(memo))
+    settings.set_root_resource(None)  # a fresh stack resource, and so fresh stack outputs
+    pulumi.runtime.set_mocks(run.mocks, project=NAMESPACE, stack=stack_name, preview=False)
+    config = config_map(stack_file_values(stack_name) if values is None else values)
+    config.update({f"{NAMESPACE}:{k}": v for k, v in (secrets or {}).items()})
+    pulumi.runtime.set_all_config(config, secret_keys=[f"{NAMESPACE}:{k}" for k in secrets or {}])
+
+    @pulumi.runtime.test
+    def program():
+        runpy.run_path(str(PROGRAM), run_name="__pulumi_program__")
+        exported = settings.get_root_resource().outputs
+
+        def collect(resolved: dict) -> None:
+            run.outputs.update(resolved["values"])
+            run.secret_outputs.update(k for k, secret in resolved["secret"].items() if secret)
+
+        # Unwrapped with unsecret so that a secret output still arrives (and is then reported).
+        return pulumi.Output.all(
+            values=pulumi.Output.unsecret(pulumi.Output.all(**exported)),
+            secret=pulumi.Output.all(
+                **{k: pulumi.Output.from_input(pulumi.Output.from_input(v).is_secret()) for k, v in exported.items()}
+            ),
+        ).apply(collect)
+
+    program()
+    return run
