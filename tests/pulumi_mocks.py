@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import json
 import secrets
 import string
 from collections.abc import Callable
@@ -228,10 +229,17 @@ def unsecret(value):
 class MailMocks(pulumi.runtime.Mocks):
     """Records every resource (components too) and answers each type from HANDLERS."""
 
-    def __init__(self, handlers: dict[str, Callable[[MockResourceArgs], dict]] | None = None):
+    def __init__(
+        self,
+        handlers: dict[str, Callable[[MockResourceArgs], dict]] | None = None,
+        memo: dict | None = None,
+    ):
         self.handlers = {**HANDLERS, **(handlers or {})}
         self.resources: list[MockResourceArgs] = []
         self.calls: list[MockCallArgs] = []
+        # Shared between runs: a resource with the same type, name and inputs gets the same
+        # outputs, as from a stack's state, so two runs of the program can be compared.
+        self.memo = memo
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict]:
         # Stricter than the engine (whose URN also holds the parent's type): a name says which
@@ -243,7 +251,13 @@ class MailMocks(pulumi.runtime.Mocks):
         args.inputs = unsecret(echoed)
         self.resources.append(args)
         handler = self.handlers.get(args.typ)
-        outputs = handler(args) if handler else {}
+        if handler and self.memo is not None:
+            key = (args.typ, args.name, json.dumps(args.inputs, sort_keys=True, default=str))
+            if key not in self.memo:
+                self.memo[key] = handler(args)
+            outputs = self.memo[key]
+        else:
+            outputs = handler(args) if handler else {}
         return f"{args.name}-id", {**echoed, **outputs}
 
     def call(self, args: MockCallArgs) -> tuple[dict, list | None]:

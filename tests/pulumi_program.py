@@ -17,9 +17,10 @@ from typing import Any
 
 import pulumi
 from pulumi.runtime import settings
+from pulumi.runtime.mocks import MockMonitor
 
 from model import NAMESPACE, stack_file_values
-from tests.pulumi_mocks import MailMocks
+from tests.pulumi_mocks import SECRET_SIG, MailMocks
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "__main__.py"
@@ -34,21 +35,44 @@ SECRET_OUTPUTS = ("privateKeyPem", "privateKeyPemPkcs8", "privateKeyOpenssh", "r
 
 
 class RecordingMocks(MailMocks):
-    """MailMocks that also keep every secret value their providers handed out."""
+    """MailMocks that also keep every secret value their providers handed out, and which inputs
+    arrived marked secret."""
 
     def __init__(self, memo: dict | None = None):
         super().__init__(memo=memo)
         self.secret_texts: list[str] = []
+        self.secret_inputs: dict[tuple[str, str], set[str]] = {}
 
     def new_resource(self, args):
+        secret = {k for k, v in args.inputs.items() if isinstance(v, dict) and SECRET_SIG in v}
+        self.secret_inputs[(args.typ, args.name)] = secret
         id_, outputs = super().new_resource(args)
         self.secret_texts += [outputs[k] for k in SECRET_OUTPUTS if isinstance(outputs.get(k), str)]
         return id_, outputs
 
 
+class RecordingMonitor(MockMonitor):
+    """The mock engine, keeping what MockResourceArgs leaves out: each resource's URN, parent and dependencies."""
+
+    def __init__(self, mocks: RecordingMocks):
+        super().__init__(mocks)
+        self.urns: dict[tuple[str, str], str] = {}
+        self.parents: dict[tuple[str, str], str] = {}
+        self.dependencies: dict[tuple[str, str], list[str]] = {}
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        key = (request.type, request.name)
+        self.urns[key] = response.urn
+        self.parents[key] = request.parent
+        self.dependencies[key] = list(request.dependencies)
+        return response
+
+
 @dataclass
 class Run:
     mocks: RecordingMocks
+    monitor: RecordingMonitor
     outputs: dict[str, Any] = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)
 
@@ -74,9 +98,10 @@ def run_program(
 ) -> Run:
     """Evaluate the program for `stack_name` (with `values` instead of its file's, if given).
     Pass `mocks` to inspect what was registered when the program raises."""
-    run = Run(mocks or RecordingMocks(memo))
+    mocks = mocks or RecordingMocks(memo)
+    run = Run(mocks, RecordingMonitor(mocks))
     settings.set_root_resource(None)  # a fresh stack resource, and so fresh stack outputs
-    pulumi.runtime.set_mocks(run.mocks, project=NAMESPACE, stack=stack_name, preview=False)
+    pulumi.runtime.set_mocks(run.mocks, project=NAMESPACE, stack=stack_name, preview=False, monitor=run.monitor)
     config = config_map(stack_file_values(stack_name) if values is None else values)
     config.update({f"{NAMESPACE}:{k}": v for k, v in (secrets or {}).items()})
     pulumi.runtime.set_all_config(config, secret_keys=[f"{NAMESPACE}:{k}" for k in secrets or {}])
