@@ -6,7 +6,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -212,7 +211,6 @@ def test_push_script_parses(program):
     create = run.mocks.of_type(COMMAND)[0].inputs["create"]
     script = create.split("<<'PUSH_HOST_PY'\n", 1)[1].rsplit("\nPUSH_HOST_PY\n", 1)[0]
     compile(script, "push_host.py", "exec")
-    assert sys.executable  # the host runs it with its own python3
 
 
 def test_stack_outputs_describe_hosts_endpoints_and_dns(program):
