@@ -108,6 +108,13 @@ class Webmail:
     netns: str
     address: str
     port: int
+    # argv prefix that runs a command in the webmail host; default `ip netns exec <netns>`. The
+    # lab passes its host root's nsenter prefix, so its mount namespace (resolv.conf) applies too.
+    enter: tuple[str, ...] = ()
+
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        return self.enter or ("ip", "netns", "exec", self.netns)
 
     @property
     def url(self) -> str:
@@ -179,9 +186,9 @@ http {{
 """
 
 
-def write(workdir: Path, stack: Stack, keys: KeyMaterial, netns: str) -> Webmail:
+def write(workdir: Path, stack: Stack, keys: KeyMaterial, netns: str, enter: tuple[str, ...] = ()) -> Webmail:
     """Roundcube's config, php-fpm's and nginx's, and a fresh sqlite db, all under workdir."""
-    wm = Webmail(workdir=workdir, netns=netns, address=str(stack.webmail.address), port=stack.webmail.port)
+    wm = Webmail(workdir, netns, str(stack.webmail.address), stack.webmail.port, tuple(enter))
     for sub in ("config", "db", "temp", "logs", "run"):
         wm.path(sub).mkdir(parents=True, exist_ok=True)
     config = wm.path("config")
@@ -215,21 +222,21 @@ def init_db(wm: Webmail) -> None:
 # ---- processes --------------------------------------------------------------------------------
 
 
-def _in_netns(wm: Webmail, *argv: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", wm.netns, *argv], capture_output=True, text=True, **kwargs)
+def _in_host(wm: Webmail, *argv: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*wm.prefix, *argv], capture_output=True, text=True, **kwargs)
 
 
 def start(wm: Webmail, timeout: float = 20.0) -> None:
     """php-fpm, then nginx, in wm.netns; returns once Roundcube's login page answers."""
     fpm = php_fpm_binary()
-    checked = _in_netns(wm, fpm, "-t", "-R", "-y", str(wm.path("php-fpm.conf")))
+    checked = _in_host(wm, fpm, "-t", "-R", "-y", str(wm.path("php-fpm.conf")))
     if checked.returncode != 0:
         raise RuntimeError(f"php-fpm -t: {checked.stderr}")
     for argv in (
         (fpm, "-R", "-y", str(wm.path("php-fpm.conf"))),
         (NGINX, "-q", "-p", str(wm.path("run")), "-c", str(wm.path("nginx.conf"))),
     ):
-        result = _in_netns(wm, *argv)
+        result = _in_host(wm, *argv)
         if result.returncode != 0:
             stop(wm)
             raise RuntimeError(f"{argv[0]}: {result.stderr}{tail(wm)}")
@@ -250,7 +257,7 @@ def get(wm: Webmail, timeout: float = 5.0) -> tuple[int, str]:
         "except urllib.error.HTTPError as e:\n"
         "    print(e.code); sys.stdout.write(e.read().decode(errors='replace'))\n"
     )
-    result = _in_netns(wm, sys.executable, "-c", probe, timeout=timeout + 5)
+    result = _in_host(wm, sys.executable, "-c", probe, timeout=timeout + 5)
     if result.returncode != 0:
         raise ConnectionError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no answer")
     status, _, body = result.stdout.partition("\n")
