@@ -198,5 +198,5 @@ def _ports(stack: Stack) -> Iterator[Problem]:
             moved = [n for n in clash if n in stack.ports.model_fields_set] or clash[-1:]
             other = next(n for n in clash if n != moved[0])
             yield f"ports.{moved[0]}", f"port {port} is also used by {other} on {role}"
-    if stack.ports.webmail in (80, 443):
-        yield "ports.webmail", "80/443 are the frontends' own; Roundcube listens behind them"
+    if stack.webmail.port in (80, 443):
+        yield "webmail.port", "80/443 are the frontends' own; Roundcube listens behind them"

@@ -171,7 +171,6 @@ class Ports(Strict):
     opendkim: Port = 8891
     rspamd_milter: Port = 11332
     rspamd_controller: Port = 11334
-    webmail: Port = 9002
 
 
 class Nameserver(Strict):
