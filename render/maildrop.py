@@ -27,6 +27,8 @@ VIRTUAL_MAILDROP = "/etc/postfix/virtual-maildrop"
 # A fixed id keeps file ownership the same on both replicas and across rebuilds and restores.
 VMAIL_ID = 5000
 USERS_HOME = "/var/dovecot/users"
+SYSUSERS = "/etc/sysusers.d/vmail.conf"
+TMPFILES = "/etc/tmpfiles.d/dovecot-users.conf"
 # The learn scripts read the rspamd controller password from here (not their own world-readable text).
 RSPAMD_PASSWORD_FILE = "/etc/dovecot/rspamd-controller.password"
 LEARN_SPAM = "rspamd-learn-spam.sh"
@@ -46,7 +48,9 @@ SERVICES = {
     "postfix": postfix.SERVICE["postfix"],
     # vmail and its home come from sysusers.d/tmpfiles.d files in this tree: create them before
     # Dovecot reads a config that names vmail (on a fresh VM nothing else creates them).
-    "dovecot": "systemd-sysusers && systemd-tmpfiles --create && systemctl reload-or-restart dovecot",
+    "dovecot": " && ".join(
+        (f"systemd-sysusers {SYSUSERS}", f"systemd-tmpfiles --create {TMPFILES}", "systemctl reload-or-restart dovecot")
+    ),
 }
 
 
@@ -132,14 +136,14 @@ def dovecot_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, File
             mode=dovecot.USERS_FILE_MODE,
             group=dovecot.USERS_FILE_GROUP,
         ),
-        "/etc/sysusers.d/vmail.conf": FileSpec(
-            render_template(ROLE, "/etc/sysusers.d/vmail.conf", vmail_id=VMAIL_ID, users_home=USERS_HOME),
+        SYSUSERS: FileSpec(
+            render_template(ROLE, SYSUSERS, vmail_id=VMAIL_ID, users_home=USERS_HOME),
             reload=reload,
         ),
-        "/etc/tmpfiles.d/dovecot-users.conf": FileSpec(
+        TMPFILES: FileSpec(
             render_template(
                 ROLE,
-                "/etc/tmpfiles.d/dovecot-users.conf",
+                TMPFILES,
                 users_home=USERS_HOME,
                 users_parent=str(PurePosixPath(USERS_HOME).parent),
             ),
@@ -197,6 +201,7 @@ def checks(sieve_paths: list[str]) -> tuple[Check, ...]:
         *postfix.CHECKS,
         Check("postconf -n", ("postconf", "-n")),
         Check("doveconf -n", ("sh", "-c", doveconf)),
+        Check("systemd-sysusers --dry-run", ("systemd-sysusers", "--dry-run", SYSUSERS)),
         *sievec,
     )
 
