@@ -296,7 +296,8 @@ def _alive(pid: int) -> bool:
 
 def stop(wm: Webmail, timeout: float = 10.0) -> None:
     """nginx, then php-fpm: graceful stop, then kill what is left."""
-    for name, sig in (("nginx.pid", signal.SIGQUIT), ("php-fpm.pid", signal.SIGQUIT)):
+    # nginx: graceful (SIGQUIT); php-fpm: SIGTERM, its graceful SIGQUIT waits for idle workers.
+    for name, sig in (("nginx.pid", signal.SIGQUIT), ("php-fpm.pid", signal.SIGTERM)):
         pid = _pid(wm.path("run", name))
         if pid is None or not _alive(pid):
             continue

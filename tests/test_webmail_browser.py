@@ -43,6 +43,7 @@ CHROMIUM_FLAGS = (
 )
 # Roundcube's failure notices ("Login failed.", "SMTP Error ...").
 ALERTS = "#messagestack .warning, #messagestack .error"
+LIST_LOADED = "return !!(window.rcmail && rcmail.env.messagecount !== undefined && !rcmail.busy)"
 
 
 # ---- the browser driver (runs inside the namespace) -------------------------------------------
@@ -98,7 +99,9 @@ def drive(scenario: dict[str, Any]) -> dict[str, Any]:
             result["login_error"] = errors[0].text
             shot("login-error")
             return result
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#messagelist tbody tr")))
+        # The list is loaded (possibly empty) once Roundcube knows the message count and is idle.
+        list_loaded = lambda d: d.execute_script(LIST_LOADED)  # noqa: E731
+        wait.until(list_loaded)
         subjects = lambda: [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#messagelist span.subject")]  # noqa: E731
         result["inbox_subjects"] = subjects()
         shot("inbox")
@@ -122,9 +125,9 @@ def drive(scenario: dict[str, Any]) -> dict[str, Any]:
         if wanted:
             deadline = time.monotonic() + scenario.get("delivery_timeout", 30)
             while wanted not in " ".join(subjects()) and time.monotonic() < deadline:
-                driver.refresh()
-                wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#messagelist")))
                 time.sleep(1)
+                driver.refresh()
+                wait.until(list_loaded)
             result["inbox_subjects"] = subjects()
             row = driver.find_element(
                 By.XPATH, f"//*[@id='messagelist']//span[contains(@class,'subject')][contains(., {json.dumps(wanted)})]"
@@ -182,6 +185,8 @@ ssl = required
 ssl_cert = <{dir}/cert.pem
 ssl_key = <{dir}/key.pem
 auth_mechanisms = plain login
+# A refused login answers at once: the wrong-password test need not wait for it.
+auth_failure_delay = 0
 first_valid_uid = 8
 passdb {{
   driver = passwd-file
