@@ -1,0 +1,22 @@
+"""The lab: the whole stack on one Linux machine, in network namespaces, running the real Debian
+daemons on the files `render` produces.
+
+    python3 -m lab up          render the lab stack, build the network, start every daemon, wait until ready
+    python3 -m lab status      where each service listens, the test accounts (--json for tests)
+    python3 -m lab down        stop every process, remove every namespace, mount and file
+
+Modules: network (namespaces, veths, addresses, routes), internet (the clients, the remote MTA,
+the lab's DNS server's addresses), dns_server (nsd serving the emitted zones), host_root (each
+host's filesystem view: the rendered tree over a Debian root), daemons (start/stop/readiness),
+syslog (the hosts' /dev/log), netns (entering namespaces from Python), state (what `down`
+removes), cluster (up/down/status). README.md says why it is built this way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Everything the lab creates on the machine lives under this tmpfs (mounted by `up`, unmounted by
+# `down`) or is named with this prefix: `down` finds its leftovers by these two facts alone.
+STATE_DIR = Path("/run/mail-lab")
+NETNS_PREFIX = "mlab-"

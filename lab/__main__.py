@@ -1,0 +1,64 @@
+"""python3 -m lab up|down|status [--json]: the lab cluster on this machine (see lab/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lab import cluster
+
+
+def _print_status(status: dict) -> None:
+    if not status.get("hosts"):
+        print("the lab is not up")
+        return
+    print(
+        f"stack {status['stack']}: {'up' if status['up'] else 'NOT healthy'}; clients run in {status['client_netns']}"
+    )
+    for h in status["hosts"]:
+        daemons = " ".join(f"{d['name']}{'' if d['alive'] else '(dead)'}" for d in h["daemons"]) or "-"
+        print(f"  {h['name']:<18} {h['role']:<13} {h['netns']:<24} {' '.join(h['addresses'])}")
+        print(f"  {'':<18} {daemons}")
+    e = status["endpoints"]
+    for name in ("submission", "imaps", "managesieve", "dns", "remote_mta"):
+        print(f"  {name:<12} {e[name]['host']} port {e[name]['port']}")
+    print(f"  {'mx':<12} " + ", ".join(f"[{m['host']}]:{m['port']}" for m in e["mx"]))
+    for a in status["accounts"]:
+        print(f"  account {a['address']} user {a['user']} password {a['password']}")
+    print(f"  CA {status['ca_file']}; logs in {status['hosts'][0]['logs'].rsplit('/', 2)[0]}/<host>/log")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m lab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="render, build and start the lab; wait until every daemon listens")
+    up.add_argument("--stack", default="lab", help="stack name (Pulumi.<stack>.yaml); documentation addresses only")
+    up.add_argument("--only", help="comma-separated hosts to render and run (the network is always whole)")
+    up.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
+    sub.add_parser("down", help="stop every lab process, remove every namespace, mount and file")
+    st = sub.add_parser("status", help="hosts, endpoints and accounts of the running lab")
+    st.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.command == "up":
+        try:
+            status = cluster.up(args.stack, args.only.split(",") if args.only else None, timeout=args.timeout)
+        except (RuntimeError, TimeoutError, ValueError) as err:
+            print(f"lab up failed: {err}", file=sys.stderr)
+            print("the lab is left as it is for inspection; `python3 -m lab down` removes it", file=sys.stderr)
+            return 1
+        _print_status(status)
+    elif args.command == "down":
+        cluster.down()
+    else:
+        status = cluster.status()
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            _print_status(status)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

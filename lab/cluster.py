@@ -1,0 +1,384 @@
+"""up / down / status: the lab as a whole.
+
+`up` renders the stack once (render.render_stack with throwaway keys), builds the network, gives
+every host its filesystem (lab.host_root), installs the host's tree there with the production
+push script, serves the zones, starts the daemons and waits until each listens. `down` removes
+everything `up` created, found from the state file and, should that be lost, from the names
+(namespaces `mlab-*`, mounts under STATE_DIR) alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab import NETNS_PREFIX, STATE_DIR, daemons, dns_server, host_root, internet, network, state, webmail
+from lab.host_root import HostRoot
+from lab.netns import nsenter, pids_in
+from model import Stack, load_stack_file
+from render import render_host, render_stack
+from render.cloud_init import PACKAGES
+from render.keys import KeyMaterial
+from render.throwaway import throwaway_keys
+from render.tree import FileSpec, HostTree
+
+PUSH_HOST = Path(__file__).resolve().parent.parent / "render" / "push_host.py"
+DNS_DIR = STATE_DIR / "dns"
+Progress = Callable[[str], None]
+
+
+@dataclass
+class LabHost:
+    name: str
+    role: str
+    fqdn: str
+    tree: HostTree | None
+    addresses: list[str] = field(default_factory=list)
+
+    @property
+    def netns(self) -> str:
+        return internet.NETNS if self.role == "remote_mta" else network.netns_name(self.name)
+
+    @property
+    def root(self) -> HostRoot:
+        return HostRoot(self.name, self.netns, self.name)
+
+
+def daemon_names(stack: Stack, host: LabHost) -> list[str]:
+    """The daemons a host runs: those its tree configures (HostTree.services), plus redis where
+    the role's VM installs it (render.cloud_init.PACKAGES) next to an rspamd that uses it."""
+    if host.tree is None:
+        return []
+    wanted = set(host.tree.services)
+    if "rspamd" in wanted and "redis-server" in PACKAGES.get(host.role, ()):
+        wanted.add("redis")
+    return [name for name in daemons.DAEMONS if name in wanted]
+
+
+def lab_hosts(stack: Stack, trees: dict[str, HostTree], topology: network.Topology) -> list[LabHost]:
+    roles = {h.name: role for role, h in stack.vm_hosts}
+    roles[stack.webmail.host] = "webmail"
+    roles.update({c.name: "relay_client" for c in stack.relay_clients})
+    fqdns = {h.name: stack.fqdn(h) for _, h in stack.vm_hosts}
+    hosts = []
+    for nic in topology.nics:
+        if nic.host == "internet":
+            continue
+        fqdn = fqdns.get(nic.host, f"{nic.host}.{stack.infra_domain}")
+        hosts.append(LabHost(nic.host, roles[nic.host], fqdn, trees.get(nic.host), [str(a.ip) for a in nic.addresses]))
+    hosts.append(
+        LabHost(
+            internet.REMOTE_MTA_HOST,
+            "remote_mta",
+            internet.REMOTE_MX,
+            internet.remote_mta_tree(),
+            list(internet.REMOTE_MTA),
+        )
+    )
+    return hosts
+
+
+def provisioning(host: LabHost, keys: KeyMaterial) -> HostTree:
+    """What the VM image and cloud-init give a host before the first push, plus the lab's own
+    files (all listed in lab/README.md): hostname and /etc/hosts (cloud-init manage_etc_hosts),
+    resolv.conf to the lab DNS (cloud-init's network-config; a tree that renders its own replaces
+    it), the lab CA in the system trust store (production certificates are publicly trusted),
+    and unbound's lab.conf."""
+    short = host.fqdn.split(".")[0]
+    files = {
+        "/etc/hostname": FileSpec(f"{host.name}\n"),
+        "/etc/hosts": FileSpec(
+            f"127.0.0.1 localhost\n127.0.1.1 {host.fqdn} {short} {host.name}\n"
+            "::1 localhost ip6-localhost ip6-loopback\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n"
+        ),
+        "/etc/resolv.conf": FileSpec("".join(f"nameserver {a}\n" for a in internet.DNS_SERVER)),
+        "/etc/ssl/certs/ca-certificates.crt": FileSpec(
+            Path("/etc/ssl/certs/ca-certificates.crt").read_text() + keys.ca_cert
+        ),
+    }
+    if host.tree is not None and "/etc/unbound/unbound.conf" in host.tree.files:
+        files["/etc/unbound/lab.conf"] = FileSpec(daemons.lab_unbound_conf())
+    return HostTree(host=host.name, role="lab", files=files)
+
+
+def push(host: LabHost, tree: HostTree) -> None:
+    """Install a tree inside the host with render/push_host.py, as production does on a VM: its
+    checks, its files, its postmaps and its reload commands (which find the lab's `systemctl`
+    first, host_root.SHIM). The webmail host's reload is `docker compose up`: the lab runs
+    Debian's Roundcube instead (lab.webmail), so that tree is installed and checked only."""
+    env = {**os.environ, "PATH": f"{host_root.SHIM_DIR}:{os.environ.get('PATH', host_root.DAEMON_ENV['PATH'])}"}
+    argv = [sys.executable, str(PUSH_HOST), *(["--no-reload"] if tree.role == "webmail" else [])]
+    result = host.root.run(argv, input=json.dumps(tree.manifest()), env=env, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"{host.name}: push of the {tree.role} tree failed:\n{result.stderr.strip()}")
+
+
+# ---- up ----------------------------------------------------------------------------------------
+
+
+def _parallel(fn, items) -> list:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(fn, items))
+
+
+def _start_collector(hosts: list[LabHost]) -> int:
+    log = open(STATE_DIR / "syslog-collector.log", "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lab.syslog", *(str(h.root.base) for h in hosts)],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        start_new_session=True,
+    )
+    if process.stdout.readline().strip() != b"ready":
+        raise RuntimeError(f"the syslog collector did not start, see {log.name}")
+    return process.pid
+
+
+def _start_dns(stack: Stack, keys: KeyMaterial) -> int:
+    conf = dns_server.write_config(DNS_DIR, dns_server.zones(stack, keys))
+    log = open(DNS_DIR / "nsd.log", "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        [*nsenter(internet.NETNS), *dns_server.command(conf)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 15
+    while not dns_server.answers(stack.infra_domain):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"nsd does not answer, see {log.name}")
+        time.sleep(0.1)
+    return process.pid
+
+
+def _start_webmail(stack: Stack, keys: KeyMaterial, host: LabHost, progress: Progress) -> list[dict]:
+    """Roundcube as lab.webmail runs it (Debian's package on php-fpm + nginx), in the webmail host."""
+    try:
+        webmail.php_fpm_binary()
+        if not webmail.SCHEMA.exists():
+            raise FileNotFoundError(webmail.SCHEMA)
+    except FileNotFoundError as missing:
+        progress(f"webmail: not started, Debian's Roundcube is not installed ({missing}; .ci/install-browser)")
+        return []
+    wm = webmail.write(host.root.base / "webmail", stack, keys, host.netns, enter=tuple(host.root.enter()))
+    webmail.start(wm)
+    progress(f"webmail: Roundcube on {wm.url}")
+    return [
+        {"name": name, "pid": int(wm.path("run", f"{name}.pid").read_text().split()[0])}
+        for name in ("nginx", "php-fpm")
+    ]
+
+
+def up(
+    stack_name: str = "lab", only: list[str] | None = None, progress: Progress = print, timeout: float = 180
+) -> dict:
+    """Bring the lab up (a no-op when it already runs); returns status()."""
+    current = state.load()
+    if current and current.get("phase") == "up" and healthy(current):
+        progress("the lab is already up")
+        return status()
+    if current or network.existing() or STATE_DIR.exists():
+        progress("removing what is left of a previous lab")
+        down(progress=lambda _: None)
+    started = time.monotonic()
+    stack = load_stack_file(stack_name)
+    topology = network.plan(stack)  # refuses non-documentation addresses before anything exists
+    keys = throwaway_keys(stack)
+    if only:
+        every = {h.name: (role, h) for role, h in stack.vm_hosts}
+        every[stack.webmail.host] = ("webmail", stack.webmail)
+        every.update({c.name: ("relay_client", c) for c in stack.relay_clients})
+        unknown = sorted(set(only) - set(every))
+        if unknown:
+            raise ValueError(f"no such hosts in stack {stack_name}: {unknown}")
+        trees = {name: render_host(stack, *every[name], keys) for name in only}
+    else:
+        trees = render_stack(stack, keys)
+    hosts = lab_hosts(stack, trees, topology)
+    progress(f"rendered {len(trees)} hosts of stack {stack_name}")
+
+    host_root.prepare_state_dir()
+    state.save_keys(keys)
+    record = {"stack": stack_name, "phase": "starting", "netns": list(topology.namespaces), "hosts": []}
+    state.save(record)
+
+    network.create(topology)
+    progress(f"network: {len(topology.namespaces)} namespaces, fabric {topology.fabric}")
+    for h in hosts:
+        host_root.create(h.root)
+    record["collector_pid"] = _start_collector(hosts)
+    state.save(record)
+
+    def install(h: LabHost) -> None:
+        push(h, provisioning(h, keys))
+        if h.tree is not None:
+            push(h, h.tree)
+
+    _parallel(install, hosts)
+    progress(f"installed the rendered trees with render/push_host.py ({time.monotonic() - started:.1f}s)")
+    record["dns_pid"] = _start_dns(stack, keys)
+    progress(f"dns: nsd on {', '.join(internet.DNS_SERVER)}")
+
+    record["hosts"] = [
+        {
+            "name": h.name,
+            "role": h.role,
+            "netns": h.netns,
+            "fqdn": h.fqdn,
+            "addresses": h.addresses,
+            "rendered": h.tree is not None,
+            "daemons": [],
+        }
+        for h in hosts
+    ]
+    state.save(record)
+    running: list[daemons.Running] = []
+
+    def start_host(pair: tuple[LabHost, dict]) -> None:
+        h, entry = pair
+        for name in daemon_names(stack, h):
+            pid = daemons.start(h.root, daemons.DAEMONS[name])
+            entry["daemons"].append({"name": name, "pid": pid})
+            running.append(daemons.Running(h.name, name, pid, h.netns, daemons.readiness(stack, h.role, name)))
+
+    try:
+        _parallel(start_host, list(zip(hosts, record["hosts"], strict=True)))
+        for h, entry in zip(hosts, record["hosts"], strict=True):
+            if h.role == "webmail" and h.tree is not None:
+                entry["daemons"] += _start_webmail(stack, keys, h, progress)
+    finally:
+        state.save(record)
+    progress(f"started {len(running)} daemons, waiting until they listen")
+    daemons.wait_ready(running, timeout)
+    record["phase"] = "up"
+    record["up_seconds"] = round(time.monotonic() - started, 1)
+    state.save(record)
+    progress(f"the lab is up ({record['up_seconds']}s)")
+    return status()
+
+
+def healthy(record: dict) -> bool:
+    existing = set(network.existing())
+    if not set(record.get("netns", [])) <= existing:
+        return False
+    return all(
+        daemons.Running(h["name"], d["name"], d["pid"], h["netns"]).alive()
+        for h in record["hosts"]
+        for d in h["daemons"]
+    )
+
+
+# ---- down --------------------------------------------------------------------------------------
+
+
+def _kill(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def down(progress: Progress = print, grace: float = 10) -> None:
+    record = state.load() or {}
+    netns_names = sorted(set(record.get("netns", [])) | set(network.existing()))
+    mount_ns = sorted(host_root.NS_DIR.glob("*.mnt")) if host_root.NS_DIR.is_dir() else []
+    for entry in record.get("hosts", []):
+        root = HostRoot(entry["name"], entry["netns"], entry["name"])
+        for d in reversed(entry.get("daemons", [])):
+            # Roundcube's nginx and php-fpm (lab.webmail) go with the sweep below.
+            if root.mount_ns.exists() and entry["role"] != "webmail":
+                daemons.stop(root, daemons.DAEMONS[d["name"]], d["pid"])
+    deadline = time.monotonic() + grace
+    pids = pids_in(netns_names, mount_ns)
+    _kill(pids, signal.SIGTERM)
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = pids_in(netns_names, mount_ns)
+    _kill(pids, signal.SIGKILL)
+    collector = record.get("collector_pid")
+    if collector and b"lab.syslog" in _cmdline(collector):
+        _kill([collector], signal.SIGTERM)
+    host_root.remove_state_dir()
+    network.destroy(netns_names)
+    left = network.existing()
+    progress("the lab is down" + (f" (namespaces still there: {left})" if left else ""))
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+# ---- status ------------------------------------------------------------------------------------
+
+
+def _mailbox_address(stack: Stack, name: str) -> str:
+    """The mailbox's own address: the first domain whose alias of that name delivers to it."""
+    for domain in stack.domains:
+        if name in domain.aliases.get(name, []):
+            return f"{name}@{domain.name}"
+    return f"{name}@{stack.domains[0].name}"
+
+
+def status() -> dict:
+    record = state.load()
+    if record is None:
+        return {"up": False, "hosts": []}
+    stack = load_stack_file(record["stack"])
+    keys = state.load_keys()
+    frontend = stack.frontend_primary
+    entry = str(frontend.public_ipv4 or frontend.public_ipv6)
+    p = stack.ports
+    hosts = []
+    for h in record["hosts"]:
+        ds = [{**d, "alive": daemons.Running(h["name"], d["name"], d["pid"], h["netns"]).alive()} for d in h["daemons"]]
+        hosts.append({**h, "daemons": ds, "logs": str(HostRoot(h["name"], h["netns"], h["name"]).logs)})
+    return {
+        "up": record.get("phase") == "up" and healthy(record),
+        "stack": record["stack"],
+        "hosts": hosts,
+        "client_netns": internet.NETNS,
+        "endpoints": {
+            # host: an address the client namespace reaches; name: what the certificate says.
+            "submission": {"host": entry, "port": p.submission, "name": stack.service_name("smtp-out")},
+            "imaps": {"host": entry, "port": p.imaps, "name": stack.service_name("imap")},
+            "managesieve": {"host": entry, "port": p.managesieve, "name": stack.service_name("imap")},
+            "mx": [
+                {"host": a, "port": p.smtp, "name": stack.service_name("smtp-in")}
+                for h in stack.hosts.smtp_in
+                for a in h.public_addresses
+            ],
+            "dns": {"host": internet.DNS_SERVER[0], "port": 53},
+            "remote_mta": {"host": internet.REMOTE_MTA[0], "port": p.smtp, "domain": internet.REMOTE_DOMAIN},
+        },
+        "accounts": [
+            {"user": m.name, "address": _mailbox_address(stack, m.name), "password": keys.mailbox_passwords[m.name]}
+            for m in stack.mailboxes
+            if m.name in keys.mailbox_passwords
+        ],
+        "service_accounts": [{"user": u, "password": pw} for u, pw in keys.sasl_passwords.items()],
+        "ca_file": str(state.CA_FILE),
+        "internet": {
+            "allowed_client": list(internet.ALLOWED_CLIENT),
+            "other_client": list(internet.OTHER_CLIENT),
+            "listed_client": internet.LISTED_CLIENT,
+        },
+        "remote_maildir": str(
+            HostRoot(internet.REMOTE_MTA_HOST, internet.NETNS, internet.REMOTE_MTA_HOST).outside(
+                internet.REMOTE_MAILDIR
+            )
+        ),
+        "netns_prefix": NETNS_PREFIX,
+        "up_seconds": record.get("up_seconds"),
+    }
