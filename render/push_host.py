@@ -107,8 +107,8 @@ def _overlay_and_check(manifest: dict, scratch: Path) -> None:
 def _run(argv: list[str], name: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True)
     output = "\n".join(dict.fromkeys((result.stdout + result.stderr).strip().splitlines()))
-    # Postfix reports most problems as warnings and still exits 0: a warning is a failure here.
-    if result.returncode != 0 or "warning:" in output:
+    # Postfix and doveconf report many problems as warnings and still exit 0: a warning is a failure here.
+    if result.returncode != 0 or "warning:" in output.lower():
         raise CheckFailed(f"check {name!r} failed ({' '.join(argv)}):\n{output}")
 
 
