@@ -6,6 +6,7 @@ Debian's /etc/rspamd/rspamd.conf reads local.d/<file> over its defaults; only wh
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from model import Stack
 from render.templates import render
@@ -26,23 +27,31 @@ def local_d(
     *,
     controller_addresses: Iterable[str] = LOOPBACK,
     secure_ips: Iterable[str] = LOOPBACK,
+    controller_password: str = "",
 ) -> dict[str, FileSpec]:
-    """/etc/rspamd/local.d/*: the milter on localhost, redis, the local resolver, the actions."""
+    """/etc/rspamd/local.d/*: the milter on localhost, redis, the local resolver, the actions.
+    With a controller_password, others than secure_ips may use the controller (e.g. to learn)."""
     reload = ("rspamd",)
     port = stack.ports.rspamd_controller
     values = {
         "milter_port": stack.ports.rspamd_milter,
         "controller_sockets": [f"{_bracket(a)}:{port}" for a in controller_addresses],
         "secure_ips": list(secure_ips),
+        "password": controller_password,
         "nameservers": [f"{_bracket(a)}:53" for a in LOOPBACK],
         "actions": list(ACTIONS),
     }
     names = ["worker-proxy.inc", "worker-controller.inc", "redis.conf", "options.inc", "actions.conf"]
     names += [f"{m}.conf" for m in DISABLED]
-    return {
+    files = {
         f"{LOCAL_D}/{name}": FileSpec(render("shared", f"/rspamd/local.d/{name}", **values), reload=reload)
         for name in names
     }
+    if controller_password:
+        # rspamd runs as _rspamd (Debian's unit) and must read the password; nobody else may.
+        controller = f"{LOCAL_D}/worker-controller.inc"
+        files[controller] = replace(files[controller], mode=0o640, group="_rspamd")
+    return files
 
 
 def _bracket(address: str) -> str:

@@ -11,6 +11,7 @@ from model import Host, Stack
 from model.stack import DEVNULL
 from render import postfix, rspamd, unbound
 from render.keys import KeyMaterial
+from render.maildrop import rspamd_controller_password
 from render.templates import render as template
 from render.tree import Check, FileSpec, HostTree
 
@@ -42,7 +43,7 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
     files = {
         **postfix_files(stack, host, keys),
         **postsrsd_files(stack, keys),
-        **rspamd_files(stack, host),
+        **rspamd_files(stack, host, keys),
         **unbound.files(),
     }
     return HostTree(host=host.name, role=ROLE, files=files, checks=CHECKS, services=SERVICES)
@@ -117,14 +118,14 @@ def postsrsd_files(stack: Stack, keys: KeyMaterial) -> dict[str, FileSpec]:
     }
 
 
-def rspamd_files(stack: Stack, host: Host) -> dict[str, FileSpec]:
+def rspamd_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, FileSpec]:
     """rspamd as on smtp-out, plus: its controller also listens on the site-local addresses, where
-    the maildrops (and only they, and localhost) may teach it spam and ham."""
-    maildrops = [a for m in stack.hosts.maildrop for a in m.site_local_addresses]
+    the maildrops teach it spam and ham (rspamc learn_spam / learn_ham with the controller password
+    of render.maildrop)."""
     files = rspamd.local_d(
         stack,
         controller_addresses=[*rspamd.LOOPBACK, *host.site_local_addresses],
-        secure_ips=[*rspamd.LOOPBACK, *maildrops],
+        controller_password=rspamd_controller_password(keys),
     )
     path = f"{rspamd.LOCAL_D}/milter_headers.conf"
     files[path] = FileSpec(template(ROLE, path), reload=("rspamd",))
