@@ -6,8 +6,6 @@ for the DKIM public keys. Public keys only: nothing here is secret.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import pulumi
 
 from components.keys import Keys
@@ -22,11 +20,16 @@ class DnsOutputs:
             lambda pems: dict(zip(pairs, pems, strict=True))
         )
         self.records: pulumi.Output[list[dict]] = public.apply(
-            lambda p: [asdict(r) for r in dns_records.records(stack, p)]
+            lambda p: [_record(r) for r in dns_records.records(stack, p)]
         )
         self.zones: pulumi.Output[dict[str, str]] = public.apply(lambda p: dns_records.zone_texts(stack, p))
         # Each mail domain's MX targets, in preference order, as the records publish them.
         self.mx: pulumi.Output[dict[str, list[str]]] = self.records.apply(_mx)
+
+
+def _record(r: dns_records.Record) -> dict:
+    # Field by field: dataclasses.asdict deep-copies, which a large stack pays for per record.
+    return {"zone": r.zone, "name": r.name, "type": r.type, "ttl": r.ttl, "value": r.value}
 
 
 def _mx(records: list[dict]) -> dict[str, list[str]]:

@@ -3,11 +3,14 @@
 One remote Command per host. Its trigger is the tree's digest, so a push re-runs only when that
 host's files change: a one-alias change previews as a change to the smtp-in pushes alone.
 The manifest (with its keys and secrets) travels on the command's stdin, a secret input, never on a
-command line; the command itself carries only the push script.
+command line; the command itself carries only the push script, readable in a preview's diff.
+stdin is the manifest gzipped and base64-encoded: a quarter of the size in the state and on the wire.
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import json
 from dataclasses import dataclass
@@ -25,21 +28,42 @@ from render.tree import HostTree
 
 PUSH_HOST = Path(__file__).resolve().parent.parent / "render" / "push_host.py"
 _END = "PUSH_HOST_PY"
+DIAL_ATTEMPTS = 40
+
+
+# A new VM answers SSH before cloud-init has installed its packages: the checks need the daemons.
+WAIT_FOR_CLOUD_INIT = "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null || true; fi"
 
 
 @cache
 def push_command() -> str:
-    """Shell for the host: write the push script to a temp file, run it on the manifest (stdin)."""
+    """Shell for the host: write the push script to a temp file, run it on the manifest (stdin, packed)."""
     script = PUSH_HOST.read_text().rstrip("\n")
     if _END in script.splitlines():
         raise ValueError(f"push_host.py contains the heredoc delimiter {_END}")
-    return f'f=$(mktemp) && trap \'rm -f "$f"\' EXIT && cat > "$f" <<\'{_END}\'\n{script}\n{_END}\npython3 "$f"\n'
+    return "\n".join(
+        [
+            WAIT_FOR_CLOUD_INIT,
+            f"f=$(mktemp) && trap 'rm -f \"$f\"' EXIT && cat > \"$f\" <<'{_END}'",
+            script,
+            _END,
+            'base64 -d | gzip -dc | python3 "$f"',
+            "",
+        ]
+    )
 
 
 def payload(tree: HostTree) -> tuple[str, str]:
-    """(manifest JSON for stdin, its digest): the digest is HostTree.digest(), hashed once."""
-    text = json.dumps(tree.manifest(), sort_keys=True)
-    return text, hashlib.sha256(text.encode()).hexdigest()
+    """(stdin: the manifest JSON packed, its digest): the digest is HostTree.digest(), hashed once."""
+    text = json.dumps(tree.manifest(), sort_keys=True).encode()
+    # mtime=0: the same manifest packs to the same bytes, so an unchanged push stays unchanged.
+    packed = base64.b64encode(gzip.compress(text, compresslevel=9, mtime=0)).decode()
+    return packed, hashlib.sha256(text).hexdigest()
+
+
+def unpack(stdin: str) -> dict:
+    """The manifest a push's stdin carries (what the host's `base64 -d | gzip -dc` hands push_host.py)."""
+    return json.loads(gzip.decompress(base64.b64decode(stdin)))
 
 
 @dataclass(frozen=True)
@@ -67,10 +91,15 @@ class Pushes:
         data = self.tree(role, host).apply(payload)
         return remote.Command(
             f"{name}-push",
-            connection=remote.ConnectionArgs(host=address, user="root", private_key=self.ssh_private_key),
+            connection=remote.ConnectionArgs(
+                host=address,
+                user="root",
+                private_key=self.ssh_private_key,
+                # A VM created in the same run boots first: keep dialling for a few minutes.
+                dial_error_limit=DIAL_ATTEMPTS,
+            ),
+            # No `update`: a change of the script itself runs create again (the push is idempotent).
             create=push_command(),
-            # A change of the push script itself re-runs it everywhere; it is idempotent.
-            update=push_command(),
             stdin=pulumi.Output.secret(data[0]),
             # A hash of files full of random secrets reveals none of them; kept plain so that a
             # preview shows which pushes change.

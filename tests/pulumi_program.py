@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from pulumi.runtime import settings
+from google.protobuf import json_format
+from pulumi.runtime import rpc, settings
 from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.stack import massage
 
 from model import NAMESPACE, stack_file_values
-from tests.pulumi_mocks import SECRET_SIG, MailMocks
+from tests.pulumi_mocks import SECRET_SIG, MailMocks, unsecret
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "__main__.py"
@@ -106,22 +108,18 @@ def run_program(
     config.update({f"{NAMESPACE}:{k}": v for k, v in (secrets or {}).items()})
     pulumi.runtime.set_all_config(config, secret_keys=[f"{NAMESPACE}:{k}" for k in secrets or {}])
 
+    async def collect(exported: dict) -> None:
+        # As the engine receives stack outputs: massaged, then serialized with secrets marked.
+        serialized = json_format.MessageToDict(await rpc.serialize_properties(massage(exported, []), {}))
+        for name, value in serialized.items():
+            run.outputs[name] = unsecret(value)
+            if SECRET_SIG in json.dumps(value):
+                run.secret_outputs.add(name)
+
     @pulumi.runtime.test
     def program():
         runpy.run_path(str(PROGRAM), run_name="__pulumi_program__")
-        exported = settings.get_root_resource().outputs
-
-        def collect(resolved: dict) -> None:
-            run.outputs.update(resolved["values"])
-            run.secret_outputs.update(k for k, secret in resolved["secret"].items() if secret)
-
-        # Unwrapped with unsecret so that a secret output still arrives (and is then reported).
-        return pulumi.Output.all(
-            values=pulumi.Output.unsecret(pulumi.Output.all(**exported)),
-            secret=pulumi.Output.all(
-                **{k: pulumi.Output.from_input(pulumi.Output.from_input(v).is_secret()) for k, v in exported.items()}
-            ),
-        ).apply(collect)
+        return collect(settings.get_root_resource().outputs)
 
     program()
     return run

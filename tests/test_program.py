@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.push import unpack
 from model import load_stack_file
 from render.push_host import __file__ as PUSH_HOST_PATH
 from render.tree import Check, FileSpec, HostTree
@@ -172,7 +173,7 @@ def test_push_is_triggered_by_the_tree_digest_and_carries_it_as_secret_stdin(pro
     addresses.update({c.name: str(c.address) for c in stack.relay_clients})
     for command in run.mocks.of_type(COMMAND):
         host = command.name.removesuffix("-push")
-        manifest = json.loads(command.inputs["stdin"])
+        manifest = unpack(command.inputs["stdin"])
         assert manifest["host"] == host and manifest["files"]
         assert command.inputs["triggers"] == [_tree(manifest).digest()]
         assert "stdin" in run.mocks.secret_inputs[(COMMAND, command.name)]
@@ -180,7 +181,8 @@ def test_push_is_triggered_by_the_tree_digest_and_carries_it_as_secret_stdin(pro
         assert command.inputs["connection"]["user"] == "root"
         # The script's output lists paths; the checkers' messages (which may quote a file) stay out.
         assert command.inputs["logging"] == "stdout"
-        assert command.inputs["create"] == command.inputs["update"]
+        # No update command: a changed script or trigger runs create again.
+        assert "update" not in command.inputs
 
 
 def test_push_of_a_vm_waits_for_the_vm(program):
@@ -203,7 +205,7 @@ def test_push_command_runs_push_host_on_the_manifest(program, tmp_path):
         ["sh", "-c", command.inputs["create"]], input=command.inputs["stdin"], text=True, env=env, check=True
     )
     assert (tmp_path / "script").read_text() == Path(PUSH_HOST_PATH).read_text()
-    assert (tmp_path / "stdin").read_text() == command.inputs["stdin"]
+    assert json.loads((tmp_path / "stdin").read_text()) == unpack(command.inputs["stdin"])
 
 
 def test_push_script_parses(program):
