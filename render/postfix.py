@@ -42,8 +42,9 @@ def base_values(
         "myhostname": myhostname,
         "myorigin": myhostname,
         "host_fqdn": stack.fqdn(host),
-        # The Debian installer's list: the host's own names, so cron mail to root stays local.
-        "mydestination": [stack.fqdn(host), "localhost"],
+        # The Debian installer's list for an Internet Site (case study: `$myhostname, <fqdn>,
+        # localhost.<domain>, localhost`): the host's own names, so its cron mail stays local.
+        "mydestination": [stack.fqdn(host), f"localhost.{host.site}.{stack.infra_domain}", "localhost"],
         "mynetworks": list(mynetworks),
         "tls_cert_file": tls_cert_path(stack),
         "tls_key_file": tls_key_path(stack),

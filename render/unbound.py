@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from render.templates import render
 from render.tree import Check, FileSpec
 
@@ -16,11 +14,9 @@ SERVICES = {
 CHECKS = (Check("unbound-checkconf", ("unbound-checkconf", "/etc/unbound/unbound.conf")),)
 
 
-def files(forwarders: Iterable[str] = ()) -> dict[str, FileSpec]:
+def files() -> dict[str, FileSpec]:
     """unbound listening on loopback for this host only, and resolv.conf pointing at it."""
     return {
-        "/etc/unbound/unbound.conf": FileSpec(
-            render("shared", "/unbound/unbound.conf", forwarders=list(forwarders)), reload=("unbound",)
-        ),
+        "/etc/unbound/unbound.conf": FileSpec(render("shared", "/unbound/unbound.conf"), reload=("unbound",)),
         "/etc/resolv.conf": FileSpec(render("shared", "/unbound/resolv.conf"), reload=("postfix-chroot",)),
     }

@@ -125,7 +125,7 @@ def test_smtp_out_main_cf_has_the_case_study_values(staged, stacks, stack_name):
     certs = f"/etc/certs/{stack.infra_domain}"
     expected = {
         "myhostname": f"smtp-out.{stack.infra_domain}",
-        "mydestination": f"$myhostname, {stack.fqdn(host)}, localhost",
+        "mydestination": f"$myhostname, {stack.fqdn(host)}, localhost.{host.site}.{stack.infra_domain}, localhost",
         "mynetworks": "127.0.0.0/8, [::1]/128",
         "compatibility_level": "3.6",
         "smtpd_banner": f"$myhostname ESMTP $mail_name ({stack.fqdn(host)})",
@@ -270,11 +270,12 @@ def test_every_smtp_out_file_reloads_only_services_the_host_knows(trees, stack_n
 
 
 def test_all_smtp_out_hosts_differ_only_in_their_own_names(trees, stacks, stack_name):
-    """Identical replicas (case study): only the banner's and mydestination's FQDN differ."""
+    """Identical replicas (case study): only the host's own names (banner, mydestination) differ."""
     stack = stacks[stack_name]
     hosts = {t.host: t for t in smtp_outs(trees, stack_name)}
     first, *others = stack.hosts.smtp_out
     for other in others:
         for path, spec in hosts[first.name].files.items():
             theirs = hosts[other.name].files[path].content
-            assert spec.content.replace(stack.fqdn(first), stack.fqdn(other)) == theirs, path
+            mine = spec.content.replace(f".{first.site}.{stack.infra_domain}", f".{other.site}.{stack.infra_domain}")
+            assert mine == theirs, path
