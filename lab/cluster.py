@@ -179,10 +179,40 @@ def _start_webmail(stack: Stack, keys: KeyMaterial, host: LabHost, progress: Pro
     ]
 
 
+def _render(stack: Stack, stack_name: str, keys: KeyMaterial, only: list[str] | None) -> dict[str, HostTree]:
+    """render.render_stack, or only the named hosts' trees (render.render_host)."""
+    if not only:
+        return render_stack(stack, keys)
+    every = {h.name: (role, h) for role, h in stack.vm_hosts}
+    every[stack.webmail.host] = ("webmail", stack.webmail)
+    every.update({c.name: ("relay_client", c) for c in stack.relay_clients})
+    unknown = sorted(set(only) - set(every))
+    if unknown:
+        raise ValueError(f"no such hosts in stack {stack_name}: {unknown}")
+    return {name: render_host(stack, *every[name], keys) for name in only}
+
+
+def _bring_up_host(stack: Stack, keys: KeyMaterial, host: LabHost, entry: dict, progress: Progress) -> list:
+    """Install the host's trees, then start its daemons (not waiting for them)."""
+    push(host, provisioning(host, keys))
+    if host.tree is None:
+        return []
+    push(host, host.tree)
+    running = []
+    for name in daemon_names(stack, host):
+        pid = daemons.start(host.root, daemons.DAEMONS[name])
+        entry["daemons"].append({"name": name, "pid": pid})
+        running.append(daemons.Running(host.name, name, pid, host.netns, daemons.readiness(stack, host.role, name)))
+    if host.role == "webmail":
+        entry["daemons"] += _start_webmail(stack, keys, host, progress)
+    return running
+
+
 def up(
     stack_name: str = "lab", only: list[str] | None = None, progress: Progress = print, timeout: float = 180
 ) -> dict:
-    """Bring the lab up (a no-op when it already runs); returns status()."""
+    """Bring the lab up (a no-op when it already runs); returns status(). `only`: render and run
+    just these hosts (the network, the DNS and the remote MTA are always whole)."""
     current = state.load()
     if current and current.get("phase") == "up" and healthy(current):
         progress("the lab is already up")
@@ -191,80 +221,56 @@ def up(
         progress("removing what is left of a previous lab")
         down(progress=lambda _: None)
     started = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def lap(phase: str) -> float:
+        timings[phase] = round(time.monotonic() - started, 2)
+        return timings[phase]
+
     stack = load_stack_file(stack_name)
     topology = network.plan(stack)  # refuses non-documentation addresses before anything exists
     keys = throwaway_keys(stack)
-    if only:
-        every = {h.name: (role, h) for role, h in stack.vm_hosts}
-        every[stack.webmail.host] = ("webmail", stack.webmail)
-        every.update({c.name: ("relay_client", c) for c in stack.relay_clients})
-        unknown = sorted(set(only) - set(every))
-        if unknown:
-            raise ValueError(f"no such hosts in stack {stack_name}: {unknown}")
-        trees = {name: render_host(stack, *every[name], keys) for name in only}
-    else:
-        trees = render_stack(stack, keys)
+    trees = _render(stack, stack_name, keys, only)
     hosts = lab_hosts(stack, trees, topology)
-    progress(f"rendered {len(trees)} hosts of stack {stack_name}")
+    progress(f"rendered {len(trees)} hosts of stack {stack_name} ({lap('rendered')}s)")
 
     host_root.prepare_state_dir()
     state.save_keys(keys)
-    record = {"stack": stack_name, "phase": "starting", "netns": list(topology.namespaces), "hosts": []}
-    state.save(record)
-
+    record: dict = {"stack": stack_name, "phase": "starting", "netns": list(topology.namespaces), "hosts": []}
+    record["hosts"] = [
+        {"name": h.name, "role": h.role, "netns": h.netns, "fqdn": h.fqdn, "addresses": h.addresses}
+        | {"rendered": h.tree is not None, "daemons": []}
+        for h in hosts
+    ]
+    state.save(record)  # from here on, `down` finds everything
     network.create(topology)
-    progress(f"network: {len(topology.namespaces)} namespaces, fabric {topology.fabric}")
     for h in hosts:
         host_root.create(h.root)
     record["collector_pid"] = _start_collector(hosts)
-    state.save(record)
-
-    def install(h: LabHost) -> None:
-        push(h, provisioning(h, keys))
-        if h.tree is not None:
-            push(h, h.tree)
-
-    _parallel(install, hosts)
-    progress(f"installed the rendered trees with render/push_host.py ({time.monotonic() - started:.1f}s)")
+    progress(f"network: {len(topology.namespaces)} namespaces, fabric {topology.fabric} ({lap('network')}s)")
     record["dns_pid"] = _start_dns(stack, keys)
-    progress(f"dns: nsd on {', '.join(internet.DNS_SERVER)}")
-
-    record["hosts"] = [
-        {
-            "name": h.name,
-            "role": h.role,
-            "netns": h.netns,
-            "fqdn": h.fqdn,
-            "addresses": h.addresses,
-            "rendered": h.tree is not None,
-            "daemons": [],
-        }
-        for h in hosts
-    ]
+    progress(f"dns: nsd on {', '.join(internet.DNS_SERVER)} ({lap('dns')}s)")
     state.save(record)
-    running: list[daemons.Running] = []
-
-    def start_host(pair: tuple[LabHost, dict]) -> None:
-        h, entry = pair
-        for name in daemon_names(stack, h):
-            pid = daemons.start(h.root, daemons.DAEMONS[name])
-            entry["daemons"].append({"name": name, "pid": pid})
-            running.append(daemons.Running(h.name, name, pid, h.netns, daemons.readiness(stack, h.role, name)))
 
     try:
-        _parallel(start_host, list(zip(hosts, record["hosts"], strict=True)))
-        for h, entry in zip(hosts, record["hosts"], strict=True):
-            if h.role == "webmail" and h.tree is not None:
-                entry["daemons"] += _start_webmail(stack, keys, h, progress)
+        pairs = list(zip(hosts, record["hosts"], strict=True))
+        running = [r for rs in _parallel(lambda p: _bring_up_host(stack, keys, *p, progress), pairs) for r in rs]
     finally:
         state.save(record)
-    progress(f"started {len(running)} daemons, waiting until they listen")
-    daemons.wait_ready(running, timeout)
-    record["phase"] = "up"
-    record["up_seconds"] = round(time.monotonic() - started, 1)
+    progress(f"installed every tree with render/push_host.py, started {len(running)} daemons ({lap('started')}s)")
+    ready = daemons.wait_ready(running, timeout)
+    record["ready_seconds"] = {f"{host}/{name}": round(t + timings["started"], 2) for (host, name), t in ready.items()}
+    lap("up")
+    record.update(phase="up", up_seconds=timings["up"], timings=timings)
     state.save(record)
-    progress(f"the lab is up ({record['up_seconds']}s)")
+    progress(f"the lab is up ({timings['up']}s)")
     return status()
+
+
+def host_roots() -> dict[str, HostRoot]:
+    """The running lab's hosts, to run commands in them or read the files they wrote."""
+    record = state.load() or {"hosts": []}
+    return {h["name"]: HostRoot(h["name"], h["netns"], h["name"]) for h in record["hosts"]}
 
 
 def healthy(record: dict) -> bool:

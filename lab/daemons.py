@@ -275,21 +275,30 @@ def start(root: HostRoot, daemon: Daemon) -> int:
     return process.pid
 
 
-def wait_ready(running: list[Running], timeout: float) -> None:
-    """Until every daemon listens where it should; raises naming the ones that do not."""
-    deadline = time.monotonic() + timeout
+def wait_ready(running: list[Running], timeout: float) -> dict[tuple[str, str], float]:
+    """Until every daemon listens where it should; returns (host, daemon) -> seconds it took.
+    Raises naming the daemons that exited or are not ready in time."""
+    started = time.monotonic()
+    deadline = started + timeout
     pending = list(running)
+    ready: dict[tuple[str, str], float] = {}
     while pending:
         dead = [r for r in pending if not r.alive()]
         if dead:
             raise RuntimeError("exited during start: " + ", ".join(f"{r.host}/{r.daemon}" for r in dead))
-        pending = [r for r in pending if missing(r.netns, r.pid, r.ready)]
-        if not pending:
-            return
-        if time.monotonic() > deadline:
+        still = []
+        for r in pending:
+            if missing(r.netns, r.pid, r.ready):
+                still.append(r)
+            else:
+                ready[(r.host, r.daemon)] = time.monotonic() - started
+        pending = still
+        if pending and time.monotonic() > deadline:
             detail = "; ".join(f"{r.host}/{r.daemon}: {', '.join(missing(r.netns, r.pid, r.ready))}" for r in pending)
             raise TimeoutError(f"not ready after {timeout:.0f}s: {detail}")
-        time.sleep(0.2)
+        if pending:
+            time.sleep(0.2)
+    return ready
 
 
 def stop(root: HostRoot, daemon: Daemon, pid: int) -> None:

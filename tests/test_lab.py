@@ -1,0 +1,190 @@
+"""The lab: the whole stack in network namespaces, on the real Debian daemons and the rendered files.
+
+The first tests need no privileges (the lab's plan and zones). The others bring the lab up once
+for the module (`python3 -m lab up`, about a minute) unless it already runs, send mail through it
+as the internet and a user would, and finally take it down again and check that nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from ipaddress import ip_network
+from pathlib import Path
+
+import pytest
+
+from lab import NETNS_PREFIX, STATE_DIR, clients, cluster, dns_server, internet, network
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ("ip", "unshare", "nsenter", "nsd", "postfix", "dovecot", "rspamd", "nginx", "unbound")
+CAN_RUN_LAB = os.geteuid() == 0 and all(shutil.which(t) for t in TOOLS)
+
+
+def needs_lab(test):
+    return pytest.mark.lab(pytest.mark.skipif(not CAN_RUN_LAB, reason="needs root and the Debian daemons")(test))
+
+
+def _message(sender: str, recipient: str, subject: str) -> tuple[str, str]:
+    message_id = f"<{subject.replace(' ', '-')}-{time.time_ns()}@{sender.split('@')[1]}>"
+    text = (
+        f"From: {sender}\r\nTo: {recipient}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n"
+        f"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n\r\n{subject}: {message_id}\r\n"
+    )
+    return message_id, text
+
+
+# ---- the plan, without running anything ---------------------------------------------------------
+
+
+def test_lab_network_uses_documentation_addresses_only(stacks):
+    topology = network.plan(stacks["lab"])
+    addresses = [a.ip for nic in topology.nics for a in nic.addresses] + [
+        a.ip for seg in topology.segments for a in seg.router
+    ]
+    assert addresses
+    assert all(any(a in net for net in network.DOCUMENTATION) for a in addresses)
+    assert all(name.startswith(NETNS_PREFIX) for name in topology.namespaces)
+
+
+def test_lab_refuses_a_stack_with_real_addresses(stacks):
+    with pytest.raises(ValueError, match="documentation"):
+        network.plan(stacks["prod"])
+
+
+def test_lab_routes_public_addresses_to_the_hosts_site_local_address(stacks):
+    stack = stacks["lab"]
+    routes = {public: via for seg in network.plan(stack).segments for public, via in seg.host_routes}
+    for host in stack.hosts.smtp_in + stack.hosts.frontend:
+        assert routes[str(host.public_ipv4)] == str(host.ipv4)
+        assert routes[str(host.public_ipv6)] == str(host.ipv6)
+
+
+@pytest.mark.skipif(not shutil.which("nsd-checkzone"), reason="needs nsd")
+def test_lab_zones_pass_nsd_checkzone_and_list_the_test_dnsbl_entries(stacks, keys, tmp_path):
+    zones = dns_server.zones(stacks["lab"], keys["lab"])
+    dns_server.write_config(tmp_path, zones)  # raises with nsd-checkzone's message
+    assert set(stacks["lab"].domain_names) <= set(zones)
+    assert "66.113.0.203 IN A 127.0.0.2" in zones[dns_server.LISTING_DNSBL]
+    assert "* IN A 127.255.255.254" in zones[dns_server.REFUSING_DNSBL]
+
+
+# ---- the running lab ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab():
+    started_here = not cluster.status().get("up")
+    status = cluster.up(progress=lambda _: None)
+    yield status | {"started_here": started_here}
+    if started_here:
+        cluster.down(progress=lambda _: None)
+
+
+@needs_lab
+def test_lab_status_json_has_hosts_endpoints_and_accounts(lab):
+    result = subprocess.run(
+        [sys.executable, "-m", "lab", "status", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    status = json.loads(result.stdout)
+    assert status["up"] is True
+    assert {"name", "role", "netns", "addresses"} <= set(status["hosts"][0])
+    assert status["client_netns"] == internet.NETNS
+    for endpoint in ("submission", "imaps", "managesieve"):
+        assert set(status["endpoints"][endpoint]) >= {"host", "port"}
+    assert all(set(mx) >= {"host", "port"} for mx in status["endpoints"]["mx"])
+    assert [a["user"] for a in status["accounts"]] == ["alice", "bob"]
+    assert all(set(a) >= {"user", "address", "password"} for a in status["accounts"])
+    assert all(all(d["alive"] for d in h["daemons"]) for h in status["hosts"])
+
+
+@needs_lab
+def test_lab_up_twice_changes_nothing(lab):
+    before = {(h["name"], d["name"]): d["pid"] for h in cluster.status()["hosts"] for d in h["daemons"]}
+    cluster.up(progress=lambda _: None)
+    after = {(h["name"], d["name"]): d["pid"] for h in cluster.status()["hosts"] for d in h["daemons"]}
+    assert after == before
+
+
+@needs_lab
+def test_lab_mail_from_the_internet_reaches_alice_over_imaps_through_the_frontend(lab):
+    alice = lab["accounts"][0]
+    message_id, text = _message(f"dave@{internet.REMOTE_DOMAIN}", alice["address"], "inbound")
+    client = clients.smtp(lab, lab["endpoints"]["mx"][1])
+    try:
+        client.sendmail(f"dave@{internet.REMOTE_DOMAIN}", [alice["address"]], text)
+    finally:
+        client.quit()
+    raw = clients.imap_message(lab, alice, message_id)
+    assert raw is not None, "not in alice's INBOX within 30 s"
+    assert b"by maildrop0.chbtl0.example.com" in raw  # the primary maildrop (MX 10) took it
+
+
+@needs_lab
+def test_lab_submission_through_the_frontend_reaches_the_remote_mta_dkim_signed(lab):
+    alice = lab["accounts"][0]
+    recipient = f"eve@{internet.REMOTE_DOMAIN}"
+    message_id, text = _message(alice["address"], recipient, "outbound")
+    with clients.submission(lab, alice) as client:
+        client.sendmail(alice["address"], [recipient], text)
+    message = clients.remote_message(lab, recipient, message_id)
+    assert message is not None, "not at the remote MTA within 30 s"
+    assert "s=lab2026" in message["DKIM-Signature"]  # the active selector signs, lab2027 only published
+    assert clients.dkim_verify(lab, message.as_bytes())
+
+
+@needs_lab
+def test_lab_hosts_have_their_own_hostname_and_postfix_queue(lab):
+    roots = cluster.host_roots()
+    for name in ("smtp-in-chrma0", "maildrop1-ddln0"):
+        assert roots[name].run(["hostname"]).stdout.strip() == name
+    queue = "/var/spool/postfix/pid/master.pid"
+    masters = {roots[n].outside(queue).read_text().split()[0] for n in ("smtp-in-chrma0", "smtp-in-frggh0")}
+    assert len(masters) == 2
+
+
+@needs_lab
+def test_lab_namespaces_route_only_documentation_prefixes(lab):
+    for netns in network.existing():
+        routes = subprocess.run(
+            ["ip", "-n", netns, "-j", "route", "show", "table", "all"], capture_output=True, text=True
+        )
+        for route in json.loads(routes.stdout or "[]"):
+            dst = route.get("dst", "")
+            if dst in ("default", "") or dst.startswith(("fe80", "ff00", "127.", "::1", "multicast", "local")):
+                continue
+            if route.get("type") in ("local", "broadcast", "multicast", "anycast"):
+                continue
+            address = ip_network(dst, strict=False)
+            assert any(address.subnet_of(n) for n in network.DOCUMENTATION if n.version == address.version), (
+                netns,
+                route,
+            )
+    root_links = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout
+    assert not any(link.get("link_netnsid") is not None for link in json.loads(root_links)), "a veth in the root ns"
+
+
+@needs_lab
+def test_lab_down_removes_every_namespace_mount_and_process(lab):
+    if not lab["started_here"]:
+        pytest.skip("the lab was running before the tests: left up")
+    result = subprocess.run(
+        [sys.executable, "-m", "lab", "down"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert network.existing() == []
+    assert str(STATE_DIR) not in Path("/proc/self/mountinfo").read_text()
+    assert not STATE_DIR.exists()
+    daemon_pids = [d["pid"] for h in lab["hosts"] for d in h["daemons"]]
+    assert not [p for p in daemon_pids if Path(f"/proc/{p}").exists() and b"Z" not in _state(p)]
+
+
+def _state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return b"Z"
