@@ -28,13 +28,18 @@ class Hypervisor(pulumi.ComponentResource):
         # One base image per pool: the VMs' root disks are copy-on-write clones of it.
         self.base_image = libvirt.Volume(
             f"debian-12-{site.name}",
-            name="debian-12-genericcloud-amd64.qcow2",
+            name=image_name(stack.debian_image),
             pool=site.pool,
             format="qcow2",
             source=stack.debian_image,
             opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
         )
         self.register_outputs({"uri": site.hypervisor})
+
+
+def image_name(source: str) -> str:
+    """The volume name of the base image: the file name of its URL or path."""
+    return source.rstrip("/").rsplit("/", 1)[-1]
 
 
 def hypervisors(stack: Stack) -> dict[str, Hypervisor]:
@@ -44,6 +49,8 @@ def hypervisors(stack: Stack) -> dict[str, Hypervisor]:
 
 
 class DebianVm(pulumi.ComponentResource):
+    """One host's VM: a root disk cloned from its site's image, a cloud-init seed, the libvirt domain."""
+
     def __init__(
         self,
         stack: Stack,
@@ -109,7 +116,7 @@ class VmRole(pulumi.ComponentResource):
         super().__init__(self.TYPE, self.ROLE.replace("_", "-"), None, opts)
         stack = pushes.stack
         self.vms: dict[str, DebianVm] = {}
-        self.pushes = {}
+        self.pushes: dict[str, pulumi.Resource] = {}
         for host in getattr(stack.hosts, self.ROLE):
             vm = DebianVm(stack, self.ROLE, host, hypervisors[host.site], pulumi.ResourceOptions(parent=self))
             self.vms[host.name] = vm
