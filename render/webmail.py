@@ -92,6 +92,7 @@ def render(stack: Stack, webmail: Webmail, keys: KeyMaterial) -> HostTree:
         managesieve_host=php_literal(f"tls://{stack.service_name('imap')}"),
         managesieve_port=php_literal(stack.ports.managesieve),
         ca_file=php_literal(f"{CONTAINER_CONFIG_DIR}/ca.pem"),
+        mail_domain=php_literal(stack.domains[0].name),
     )
     files = {
         COMPOSE_FILE: FileSpec(compose, reload=reload),
