@@ -16,8 +16,17 @@ from render.templates import render
 # qemu-guest-agent on all: the libvirt domain talks to it (shutdown, addresses).
 COMMON_PACKAGES = ("qemu-guest-agent", "python3", "util-linux", "ca-certificates")
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "smtp_out": ("postfix", "dovecot-core", "opendkim", "opendkim-tools", "rspamd", "unbound"),
-    "smtp_in": ("postfix", "rspamd", "redis-server", "postsrsd", "unbound"),
+    "smtp_out": (
+        "postfix",
+        "dovecot-core",
+        "opendkim",
+        "opendkim-tools",
+        "rspamd",
+        "redis-server",
+        "unbound",
+        "dns-root-data",
+    ),
+    "smtp_in": ("postfix", "rspamd", "redis-server", "postsrsd", "unbound", "dns-root-data"),
     # rspamd for rspamc only: report-spam / report-ham teach smtp-in's rspamd over the network.
     "maildrop": (
         "postfix",
