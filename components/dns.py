@@ -16,15 +16,20 @@ from render import dns_records
 class DnsOutputs:
     def __init__(self, stack: Stack, keys: Keys):
         pairs = list(keys.dkim_public)
-        public = pulumi.Output.all(*(keys.dkim_public[p] for p in pairs)).apply(
-            lambda pems: dict(zip(pairs, pems, strict=True))
+        # One apply: the records are worked out once and feed both outputs (and the MX list).
+        published = pulumi.Output.all(*(keys.dkim_public[p] for p in pairs)).apply(
+            lambda pems: _publish(stack, dict(zip(pairs, pems, strict=True)))
         )
-        self.records: pulumi.Output[list[dict]] = public.apply(
-            lambda p: [_record(r) for r in dns_records.records(stack, p)]
-        )
-        self.zones: pulumi.Output[dict[str, str]] = public.apply(lambda p: dns_records.zone_texts(stack, p))
+        self.records: pulumi.Output[list[dict]] = published[0]
+        self.zones: pulumi.Output[dict[str, str]] = published[1]
         # Each mail domain's MX targets, in preference order, as the records publish them.
-        self.mx: pulumi.Output[dict[str, list[str]]] = self.records.apply(_mx)
+        self.mx: pulumi.Output[dict[str, list[str]]] = published[2]
+
+
+def _publish(stack: Stack, dkim_public: dns_records.DkimPublic) -> tuple[list[dict], dict[str, str], dict]:
+    records = dns_records.records(stack, dkim_public)
+    as_dicts = [_record(r) for r in records]
+    return as_dicts, dns_records.zone_texts(stack, dkim_public, records), _mx(as_dicts)
 
 
 def _record(r: dns_records.Record) -> dict:

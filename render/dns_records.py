@@ -15,10 +15,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import astuple, dataclass
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import cache
-from ipaddress import ip_address
 from pathlib import Path
 
 import jinja2
@@ -126,20 +125,22 @@ def zones(stack: Stack) -> list[str]:
 
 def _addresses(name: str, addresses: Iterable[str], ttl: int) -> Iterator[Rr]:
     for address in addresses:
-        yield name, "A" if ip_address(address).version == 4 else "AAAA", ttl, str(address)
+        # Presentation form: only IPv6 has a colon (the model hands over str() of parsed addresses).
+        yield name, "AAAA" if ":" in address else "A", ttl, address
 
 
 def _frontend_public(stack: Stack) -> list[str]:
     return [a for h in stack.hosts.frontend for a in h.public_addresses]
 
 
-def _infra(stack: Stack) -> Iterator[Rr]:
+def _infra(stack: Stack, spf_text: str) -> Iterator[Rr]:
     host_ttl = stack.dns.host_ttl
     for _, host in stack.vm_hosts:
         yield from _addresses(stack.fqdn(host), host.public_addresses or host.site_local_addresses, host_ttl)
     # Clients reach submission, IMAP and webmail only through the frontends.
+    frontend_public = _frontend_public(stack)
     for service in ("smtp-out", "imap", "webmail"):
-        yield from _addresses(stack.service_name(service), _frontend_public(stack), host_ttl)
+        yield from _addresses(stack.service_name(service), frontend_public, host_ttl)
     smtp_in = [a for h in stack.hosts.smtp_in for a in h.public_addresses]
     yield from _addresses(stack.service_name("smtp-in"), smtp_in, host_ttl)
     # smtp-in forwards to this name: the primary replica is preferred, the backup takes over.
@@ -147,59 +148,89 @@ def _infra(stack: Stack) -> Iterator[Rr]:
     yield maildrop, "MX", ttl, f"10 {stack.fqdn(stack.maildrop_primary)}."
     yield maildrop, "MX", ttl, f"20 {stack.fqdn(stack.maildrop_backup)}."
     # smtp-out greets as smtp-out.<infra_domain>; bounces (empty MAIL FROM) are SPF-checked on that name.
-    yield stack.service_name("smtp-out"), "TXT", stack.dns.ttl, txt(spf(stack), at_spaces=True)
+    yield stack.service_name("smtp-out"), "TXT", stack.dns.ttl, spf_text
 
 
-def _mail_domain(stack: Stack, domain: Domain, dkim_public: DkimPublic) -> Iterator[Rr]:
-    name, ttl, report = domain.name, stack.dns.ttl, stack.dns.report_address
+def _mail_domains(stack: Stack, dkim_public: DkimPublic, spf_text: str) -> Iterator[Rr]:
+    """Every mail domain's records. What they share is worked out once: a stack may have hundreds."""
+    ttl, host_ttl, report = stack.dns.ttl, stack.dns.host_ttl, stack.dns.report_address
     # No load balancer in front of smtp-in (DNSBLs need the client address): equal MX, round robin.
-    for host in stack.hosts.smtp_in:
-        yield name, "MX", stack.dns.mx_ttl, f"10 {stack.fqdn(host)}."
-    yield name, "TXT", ttl, txt(spf(stack), at_spaces=True)
+    mx = [f"10 {stack.fqdn(host)}." for host in stack.hosts.smtp_in]
+    dmarc_text = txt(dmarc(stack))
+    mta_sts = txt(f"v=STSv1; id={policy_id(stack)}")
+    tls_rpt = txt(f"v=TLSRPTv1; rua=mailto:{report}") if report else None
+    frontend_public = _frontend_public(stack)
+    # RFC 6186 / RFC 8314 client autoconfiguration: only what the frontends offer; RFC 5804:
+    # ManageSieve (the frontends let only allowed networks through).
+    services = [
+        ("_submission", srv(stack.ports.submission, stack.service_name("smtp-out"))),
+        ("_imaps", srv(stack.ports.imaps, stack.service_name("imap"))),
+        ("_sieve", srv(stack.ports.managesieve, stack.service_name("imap"))),
+        *((service, srv()) for service in ("_submissions", "_imap", "_pop3", "_pop3s")),
+    ]
+    for domain in stack.domains:
+        name = domain.name
+        for value in mx:
+            yield name, "MX", stack.dns.mx_ttl, value
+        yield name, "TXT", ttl, spf_text
+        yield from _dkim(domain, dkim_public, ttl)
+        yield f"_dmarc.{name}", "TXT", ttl, dmarc_text
+        yield f"_mta-sts.{name}", "TXT", ttl, mta_sts
+        # The frontends serve the policy over HTTPS (their certificate carries mta-sts.<domain>).
+        yield from _addresses(f"mta-sts.{name}", frontend_public, host_ttl)
+        if tls_rpt:
+            yield f"_smtp._tls.{name}", "TXT", ttl, tls_rpt
+        for service, value in services:
+            yield f"{service}._tcp.{name}", "SRV", ttl, value
+
+
+def _dkim(domain: Domain, dkim_public: DkimPublic, ttl: int) -> Iterator[Rr]:
     # Every listed selector, active or not: a rotation publishes the new key before it signs.
     for key in domain.dkim:
-        public = dkim_public.get((name, key.selector))
+        public = dkim_public.get((domain.name, key.selector))
         if public is None:
-            raise ValueError(f"no DKIM public key for domain {name!r} selector {key.selector!r}")
-        yield f"{key.selector}._domainkey.{name}", "TXT", ttl, txt(f"v=DKIM1; k=rsa; p={dkim_key_base64(public)}")
-    yield f"_dmarc.{name}", "TXT", ttl, txt(dmarc(stack))
-    yield f"_mta-sts.{name}", "TXT", ttl, txt(f"v=STSv1; id={policy_id(stack)}")
-    # The frontends serve the policy over HTTPS (their certificate carries mta-sts.<domain>).
-    yield from _addresses(f"mta-sts.{name}", _frontend_public(stack), stack.dns.host_ttl)
-    if report:
-        yield f"_smtp._tls.{name}", "TXT", ttl, txt(f"v=TLSRPTv1; rua=mailto:{report}")
-    # RFC 6186 / RFC 8314 client autoconfiguration: only what the frontends offer.
-    yield f"_submission._tcp.{name}", "SRV", ttl, srv(stack.ports.submission, stack.service_name("smtp-out"))
-    yield f"_imaps._tcp.{name}", "SRV", ttl, srv(stack.ports.imaps, stack.service_name("imap"))
-    # RFC 5804: ManageSieve (the frontends let only allowed networks through).
-    yield f"_sieve._tcp.{name}", "SRV", ttl, srv(stack.ports.managesieve, stack.service_name("imap"))
-    for service in ("_submissions", "_imap", "_pop3", "_pop3s"):
-        yield f"{service}._tcp.{name}", "SRV", ttl, srv()
+            raise ValueError(f"no DKIM public key for domain {domain.name!r} selector {key.selector!r}")
+        value = txt(f"v=DKIM1; k=rsa; p={dkim_key_base64(public)}")
+        yield f"{key.selector}._domainkey.{domain.name}", "TXT", ttl, value
 
 
-def _report_authorizations(stack: Stack) -> Iterator[Rr]:
+def _report_authorizations(stack: Stack, zone_names: Collection[str]) -> Iterator[Rr]:
     """RFC 7489 7.1: a report domain accepts other domains' DMARC reports only if it says so."""
     if not stack.dns.report_address:
         return
     report_domain = stack.dns.report_address.rsplit("@", 1)[1]
-    if report_domain not in zones(stack):
+    if report_domain not in zone_names:
         return  # not ours to publish
     for name in stack.domain_names:
         if name != report_domain and not name.endswith(f".{report_domain}"):
             yield f"{name}._report._dmarc.{report_domain}", "TXT", stack.dns.ttl, txt("v=DMARC1")
 
 
-def _zone_of(fqdn: str, zone_names: Iterable[str]) -> str | None:
-    holding = [z for z in zone_names if fqdn == z or fqdn.endswith(f".{z}")]
-    return max(holding, key=len) if holding else None
+def _holding(fqdn: str, zone_names: Collection[str]) -> Iterator[str]:
+    """The zones that hold `fqdn`, longest first: its own name, then each parent name, that is a zone."""
+    name = fqdn
+    while True:
+        if name in zone_names:
+            yield name
+        if "." not in name:
+            return
+        name = name.split(".", 1)[1]
 
 
-def _place(rr: Rr, zone_names: list[str]) -> Record:
+def _zone_of(fqdn: str, zone_names: Collection[str]) -> str | None:
+    return next(_holding(fqdn, zone_names), None)
+
+
+def _relative(fqdn: str, zone: str) -> str:
+    return "@" if fqdn == zone else fqdn.removesuffix(f".{zone}")
+
+
+def _place(rr: Rr, zone_names: Collection[str]) -> Record:
     fqdn, type_, ttl, value = rr
     zone = _zone_of(fqdn, zone_names)
     if zone is None:
         raise ValueError(f"{fqdn} lies in none of the zones {', '.join(zone_names)}")
-    return Record(zone, "@" if fqdn == zone else fqdn.removesuffix(f".{zone}"), type_, ttl, value)
+    return Record(zone, _relative(fqdn, zone), type_, ttl, value)
 
 
 def _order(record: Record) -> tuple:
@@ -209,48 +240,48 @@ def _order(record: Record) -> tuple:
 
 def records(stack: Stack, dkim_public: DkimPublic) -> list[Record]:
     """The mail service's records, zone by zone in zone-file order (SOA and NS: see zone_texts)."""
-    zone_names = zones(stack)
+    # zone -> its place in the zone order; also the set the lookups below test membership in.
+    zone_index = {zone: n for n, zone in enumerate(zones(stack))}
+    spf_text = txt(spf(stack), at_spaces=True)
     rrs = [
-        *_infra(stack),
-        *(rr for domain in stack.domains for rr in _mail_domain(stack, domain, dkim_public)),
-        *_report_authorizations(stack),
+        *_infra(stack, spf_text),
+        *_mail_domains(stack, dkim_public, spf_text),
+        *_report_authorizations(stack, zone_index),
     ]
-    placed = list(dict.fromkeys(_place(rr, zone_names) for rr in rrs))
-    return sorted(placed, key=lambda r: (zone_names.index(r.zone), *_order(r)))
+    placed = list(dict.fromkeys(_place(rr, zone_index) for rr in rrs))
+    return sorted(placed, key=lambda r: (zone_index[r.zone], *_order(r)))
 
 
 # ---- zone text -------------------------------------------------------------------------------
-def _nameserver_records(stack: Stack) -> Iterator[Rr]:
-    """Apex NS of every zone, delegations to zones below another, glue for in-zone nameservers."""
-    zone_names, ttl = zones(stack), stack.dns.ttl
+def _nameserver_records(stack: Stack, zone_names: Collection[str]) -> Iterator[tuple[str, Rr]]:
+    """(zone, record) for the apex NS of every zone, the delegations to zones below another (the
+    child's NS set also sits in its parent), and glue for in-zone nameservers (in every zone holding it)."""
+    ttl, nameservers = stack.dns.ttl, stack.nameservers
     for zone in zone_names:
-        for ns in stack.nameservers:
-            yield zone, "NS", ttl, f"{ns.name}."
-    for ns in stack.nameservers:
-        if _zone_of(ns.name, zone_names) is None:
+        parent = _zone_of(zone.split(".", 1)[1], zone_names) if "." in zone else None
+        for holder in filter(None, (zone, parent)):
+            for ns in nameservers:
+                yield holder, (zone, "NS", ttl, f"{ns.name}.")
+    for ns in nameservers:
+        holders = list(_holding(ns.name, zone_names))
+        if not holders:
             continue
         if not ns.addresses:
             raise ValueError(f"dns.nameservers: {ns.name} lies in a zone of this stack and needs addresses (glue)")
-        yield from _addresses(ns.name, (str(a) for a in ns.addresses), ttl)
+        for holder in holders:
+            for rr in _addresses(ns.name, (str(a) for a in ns.addresses), ttl):
+                yield holder, rr
 
 
-def _parent(zone: str, zone_names: list[str]) -> str | None:
-    return _zone_of(zone.split(".", 1)[1], zone_names) if "." in zone else None
-
-
-def _zone_records(stack: Stack, zone: str, mail_records: list[Record]) -> list[Record]:
-    zone_names = zones(stack)
-    extra: list[Record] = []
-    for fqdn, type_, ttl, value in _nameserver_records(stack):
-        holders = [z for z in zone_names if fqdn == z or fqdn.endswith(f".{z}")]
-        if type_ == "NS":
-            # A zone's NS set also sits in its parent zone, as the delegation.
-            holders = [z for z in (fqdn, _parent(fqdn, zone_names)) if z]
-        if zone in holders:
-            name = "@" if fqdn == zone else fqdn.removesuffix(f".{zone}")
-            extra.append(Record(zone, name, type_, ttl, value))
-    own = [r for r in mail_records if r.zone == zone]
-    return sorted(dict.fromkeys(extra + own), key=_order)
+def _zone_records(stack: Stack, mail_records: list[Record]) -> dict[str, list[Record]]:
+    """zone -> its records in zone-file order: nameservers first, then the mail service's."""
+    by_zone: dict[str, list[Record]] = {zone: [] for zone in zones(stack)}
+    for zone, (fqdn, type_, ttl, value) in _nameserver_records(stack, by_zone):
+        by_zone[zone].append(Record(zone, _relative(fqdn, zone), type_, ttl, value))
+    for record in mail_records:
+        by_zone[record.zone].append(record)
+    # Stable sort: under one name and type, nameserver records, then the mail records' own order.
+    return {zone: sorted(dict.fromkeys(held), key=_order) for zone, held in by_zone.items()}
 
 
 def serial(zone: str, zone_records: list[Record]) -> int:
@@ -259,7 +290,9 @@ def serial(zone: str, zone_records: list[Record]) -> int:
     It does not grow monotonically: secondaries fed by zone transfer need a serial bump by the
     operator's DNS; the lab and `named-checkzone` load each zone afresh.
     """
-    digest = hashlib.sha256(json.dumps([zone, [astuple(r) for r in zone_records]]).encode()).hexdigest()
+    # Field by field, as dataclasses.astuple lists them (astuple deep-copies, per record).
+    rows = [[r.zone, r.name, r.type, r.ttl, r.value] for r in zone_records]
+    digest = hashlib.sha256(json.dumps([zone, rows]).encode()).hexdigest()
     return int(digest[:8], 16) % 0xFFFFFFFF or 1
 
 
@@ -275,21 +308,27 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def zone_texts(stack: Stack, dkim_public: DkimPublic) -> dict[str, str]:
-    """zone -> BIND zone text (SOA, NS and the mail service's records) that named-checkzone accepts."""
-    mail_records = records(stack, dkim_public)
+def zone_texts(stack: Stack, dkim_public: DkimPublic, mail_records: list[Record] | None = None) -> dict[str, str]:
+    """zone -> BIND zone text (SOA, NS and the mail service's records) that named-checkzone accepts.
+
+    mail_records: `records(stack, dkim_public)` if the caller has them already (the program
+    publishes both and works them out once)."""
+    if mail_records is None:
+        mail_records = records(stack, dkim_public)
     template = _environment().get_template("zone.j2")
-    texts = {}
-    for zone in zones(stack):
-        zone_records = _zone_records(stack, zone, mail_records)
-        texts[zone] = template.render(
+    common = {
+        "ttl": stack.dns.ttl,
+        "primary": f"{stack.nameservers[0].name}.",
+        "hostmaster": f"hostmaster.{stack.infra_domain}.",
+        "timers": SOA_TIMERS,
+    }
+    return {
+        zone: template.render(
             zone=zone,
-            ttl=stack.dns.ttl,
-            primary=f"{stack.nameservers[0].name}.",
-            hostmaster=f"hostmaster.{stack.infra_domain}.",
             serial=serial(zone, zone_records),
-            timers=SOA_TIMERS,
             records=zone_records,
             width=max(len(r.name) for r in zone_records),
+            **common,
         )
-    return texts
+        for zone, zone_records in _zone_records(stack, mail_records).items()
+    }
