@@ -121,10 +121,13 @@ def _domains(stack: Stack) -> Iterator[Problem]:
         for k, key in enumerate(domain.dkim):
             if selectors[(domain.name, key.selector)] > 1:
                 yield f"domains[{n}].dkim[{k}].selector", f"selector {key.selector!r} is used twice for {domain.name}"
-        if not any(k.active for k in domain.dkim):
+        if domain.dkim and not any(k.active for k in domain.dkim):
             yield f"domains[{n}].dkim", "no active selector: outgoing mail would go unsigned"
         if sum(k.active for k in domain.dkim) > 1:
             yield f"domains[{n}].dkim", "more than one active selector: only one key signs, the others are published"
+    # Webmail identities and postmaster notices are addresses in the first domain: it sends.
+    if stack.domains and not stack.domains[0].dkim:
+        yield "domains[0].dkim", "the first domain is the webmail users' domain: it sends and needs a selector"
     # The maildrop name is the internal next hop, not a mail domain.
     for n, domain in enumerate(stack.domains):
         if domain.name == stack.service_name("maildrop"):
@@ -170,11 +173,14 @@ def _mailboxes(stack: Stack) -> Iterator[Problem]:
 def _relay_clients(stack: Stack) -> Iterator[Problem]:
     for n, client in enumerate(stack.relay_clients):
         domain = client.mail_from.partition("@")[2]
+        signing = {d.name for d in stack.domains if d.dkim}
         if domain not in stack.domain_names:
             yield (
                 f"relay_clients[{n}].mail_from",
                 f"{domain} is not a mail domain of the stack: it would not be DKIM signed",
             )
+        elif domain not in signing:
+            yield f"relay_clients[{n}].mail_from", f"{domain} is receive-only (no dkim): it would not be DKIM signed"
 
 
 def _webmail(stack: Stack) -> Iterator[Problem]:

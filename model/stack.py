@@ -135,7 +135,9 @@ class DkimKey(Strict):
 
 class Domain(Strict):
     name: DnsName
-    dkim: list[DkimKey] = Field(min_length=1)
+    # Empty: a receive-only domain (mail to it is accepted, forwarded and delivered; mail from it
+    # leaves unsigned): no key, no DKIM record, no entry in OpenDKIM's tables.
+    dkim: list[DkimKey] = []
     # local part -> targets: a mailbox name, an address, or /dev/null.
     aliases: dict[str, list[str]] = {}
 
