@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import runpy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pulumi
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import massage
@@ -75,12 +76,31 @@ class RecordingMonitor(MockMonitor):
 class Run:
     mocks: RecordingMocks
     monitor: RecordingMonitor
-    outputs: dict[str, Any] = field(default_factory=dict)
-    secret_outputs: set[str] = field(default_factory=set)
+    # The stack outputs as the engine receives them (massaged, serialized with secrets marked);
+    # read as plain values through `outputs` and `secret_outputs`, worked out on first use.
+    serialized: struct_pb2.Struct | None = None
 
     @property
     def secret_texts(self) -> list[str]:
         return self.mocks.secret_texts
+
+    @cached_property
+    def _plain(self) -> tuple[dict[str, Any], set[str]]:
+        outputs, secret = {}, set()
+        for name, value in json_format.MessageToDict(self.serialized or struct_pb2.Struct()).items():
+            outputs[name] = unsecret(value)
+            if SECRET_SIG in json.dumps(value):
+                secret.add(name)
+        return outputs, secret
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        return self._plain[0]
+
+    @property
+    def secret_outputs(self) -> set[str]:
+        """Names of the stack outputs that hold a secret anywhere in their value."""
+        return self._plain[1]
 
     def inputs(self) -> dict[tuple[str, str], dict]:
         """(type, name) -> inputs of every resource, components included."""
@@ -109,12 +129,9 @@ def run_program(
     pulumi.runtime.set_all_config(config, secret_keys=[f"{NAMESPACE}:{k}" for k in secrets or {}])
 
     async def collect(exported: dict) -> None:
-        # As the engine receives stack outputs: massaged, then serialized with secrets marked.
-        serialized = json_format.MessageToDict(await rpc.serialize_properties(massage(exported, []), {}))
-        for name, value in serialized.items():
-            run.outputs[name] = unsecret(value)
-            if SECRET_SIG in json.dumps(value):
-                run.secret_outputs.add(name)
+        # What the SDK does with the stack outputs at the end of a `pulumi up` (the mock engine
+        # skips it): massage them, then serialize them for the engine.
+        run.serialized = await rpc.serialize_properties(massage(exported, []), {})
 
     @pulumi.runtime.test
     def program():
