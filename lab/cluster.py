@@ -87,7 +87,7 @@ def lab_hosts(stack: Stack, trees: dict[str, HostTree], topology: network.Topolo
     return hosts
 
 
-def provisioning(host: LabHost, keys: KeyMaterial) -> HostTree:
+def provisioning(host: LabHost, keys: KeyMaterial) -> dict[str, FileSpec]:
     """What the VM image and cloud-init give a host before the first push, plus the lab's own
     files (all listed in lab/README.md): hostname and /etc/hosts (cloud-init manage_etc_hosts),
     resolv.conf to the lab DNS (cloud-init's network-config; a tree that renders its own replaces
@@ -107,7 +107,7 @@ def provisioning(host: LabHost, keys: KeyMaterial) -> HostTree:
     }
     if host.tree is not None and "/etc/unbound/unbound.conf" in host.tree.files:
         files["/etc/unbound/lab.conf"] = FileSpec(daemons.lab_unbound_conf())
-    return HostTree(host=host.name, role="lab", files=files)
+    return files
 
 
 def push(host: LabHost, tree: HostTree) -> None:
@@ -194,10 +194,12 @@ def _render(stack: Stack, stack_name: str, keys: KeyMaterial, only: list[str] | 
 
 def _bring_up_host(stack: Stack, keys: KeyMaterial, host: LabHost, entry: dict, progress: Progress) -> list:
     """Install the host's trees, then start its daemons (not waiting for them)."""
-    push(host, provisioning(host, keys))
+    started = time.monotonic()
+    host_root.write(host.root, provisioning(host, keys))
     if host.tree is None:
         return []
     push(host, host.tree)
+    entry["install_seconds"] = round(time.monotonic() - started, 2)
     running = []
     for name in daemon_names(stack, host):
         pid = daemons.start(host.root, daemons.DAEMONS[name])
@@ -205,6 +207,7 @@ def _bring_up_host(stack: Stack, keys: KeyMaterial, host: LabHost, entry: dict, 
         running.append(daemons.Running(host.name, name, pid, host.netns, daemons.readiness(stack, host.role, name)))
     if host.role == "webmail":
         entry["daemons"] += _start_webmail(stack, keys, host, progress)
+    entry["start_seconds"] = round(time.monotonic() - started - entry["install_seconds"], 2)
     return running
 
 
@@ -365,6 +368,7 @@ def status() -> dict:
                 for h in stack.hosts.smtp_in
                 for a in h.public_addresses
             ],
+            "webmail": {"host": entry, "port": 443, "name": stack.service_name("webmail")},
             "dns": {"host": internet.DNS_SERVER[0], "port": 53},
             "remote_mta": {"host": internet.REMOTE_MTA[0], "port": p.smtp, "domain": internet.REMOTE_DOMAIN},
         },

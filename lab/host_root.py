@@ -31,6 +31,7 @@ from pathlib import Path
 
 from lab import STATE_DIR
 from lab.netns import nsenter
+from render.tree import FileSpec
 
 # Directories of this machine each host sees with its own layer on top; a rendered file must lie
 # under one of them.
@@ -156,6 +157,19 @@ def create(root: HostRoot) -> None:
     if result.returncode != 0:
         release(root)
         raise RuntimeError(f"{root.name}: setting up its mount namespace failed: {result.stderr.strip()}")
+
+
+def write(root: HostRoot, files: dict[str, FileSpec]) -> None:
+    """Write files inside the host, as root (the lab's provisioning, not a rendered tree: the
+    push's staging and checks would add nothing). Written from inside, so a directory that
+    exists on this machine keeps its owner and mode in the host's layer."""
+    for path, spec in files.items():
+        script = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1" && chown "$3:$4" "$1"'
+        result = root.run(
+            ["sh", "-c", script, "sh", path, f"{spec.mode:o}", spec.owner, spec.group], input=spec.content
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{root.name}: writing {path} failed: {result.stderr.strip()}")
 
 
 def release(root: HostRoot) -> None:
