@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -268,6 +269,20 @@ def up(
     state.save(record)
     progress(f"the lab is up ({timings['up']}s)")
     return status()
+
+
+def save_logs(dest: Path) -> Path:
+    """Copy every host's logs (its syslog, daemon output, /var/log) and the DNS's to dest/<host>/."""
+    for name, root in host_roots().items():
+        target = dest / name
+        if root.logs.is_dir():
+            shutil.copytree(root.logs, target, dirs_exist_ok=True, ignore_dangling_symlinks=True)
+        var_log = root.outside("/var/log")
+        if var_log.is_dir():
+            shutil.copytree(var_log, target / "var-log", dirs_exist_ok=True, ignore_dangling_symlinks=True)
+    if DNS_DIR.is_dir():
+        shutil.copytree(DNS_DIR, dest / "dns", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.zone"))
+    return dest
 
 
 def host_roots() -> dict[str, HostRoot]:

@@ -93,6 +93,9 @@ inet_protocols = all
 mynetworks = 127.0.0.0/8 [::1]/128
 biff = no
 append_dot_mydomain = no
+# No local delivery: no aliases (Postfix's default would read /etc/aliases and NIS).
+alias_maps =
+alias_database =
 smtpd_banner = $myhostname ESMTP lab remote MTA
 smtpd_tls_cert_file = /etc/postfix/remote-mta.pem
 smtpd_tls_key_file = /etc/postfix/remote-mta.key

@@ -13,14 +13,17 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
 
-from lab import NETNS_PREFIX, STATE_DIR, clients, cluster, dns_server, internet, network
+from lab import NETNS_PREFIX, STATE_DIR, clients, cluster, dns_server, internet, network, state
+from render import render_host
 
 ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts" / "lab-logs"
 TOOLS = ("ip", "unshare", "nsenter", "nsd", "postfix", "dovecot", "rspamd", "nginx", "unbound")
 CAN_RUN_LAB = os.geteuid() == 0 and all(shutil.which(t) for t in TOOLS)
 
@@ -78,10 +81,22 @@ def test_lab_zones_pass_nsd_checkzone_and_list_the_test_dnsbl_entries(stacks, ke
 
 @pytest.fixture(scope="module")
 def lab():
-    started_here = not cluster.status().get("up")
-    status = cluster.up(progress=lambda _: None)
+    """The running lab: brought up here unless it already runs; its logs end in artifacts/."""
+    running = cluster.status()
+    # A lab of a few hosts (`up --only`) is not enough: these tests replace it with the whole one.
+    started_here = not running.get("up") or not all(h["rendered"] for h in running["hosts"])
+    if running.get("hosts") and started_here:
+        cluster.down(progress=lambda _: None)
+    try:
+        status = cluster.up(progress=lambda _: None)
+    except Exception:
+        if started_here:
+            cluster.save_logs(ARTIFACTS)
+            cluster.down(progress=lambda _: None)
+        raise
     yield status | {"started_here": started_here}
-    if started_here:
+    if started_here and cluster.status().get("hosts"):
+        cluster.save_logs(ARTIFACTS)
         cluster.down(progress=lambda _: None)
 
 
@@ -148,6 +163,25 @@ def test_lab_hosts_have_their_own_hostname_and_postfix_queue(lab):
 
 
 @needs_lab
+def test_lab_refuses_a_tree_that_fails_its_check_and_keeps_the_running_config(lab, stacks):
+    """What the lab installs goes through the push's checks: a broken main.cf never reaches Postfix."""
+    stack = stacks["lab"]
+    host = next(h for h in stack.hosts.smtp_in if h.name == "smtp-in-chrma0")
+    tree = render_host(stack, "smtp_in", host, state.load_keys())
+    main_cf = tree.files["/etc/postfix/main.cf"]
+    broken = replace(
+        tree,
+        files={**tree.files, "/etc/postfix/main.cf": replace(main_cf, content=main_cf.content + "no equals sign\n")},
+    )
+    root = cluster.host_roots()[host.name]
+    running = root.outside("/etc/postfix/main.cf").read_text()
+    with pytest.raises(RuntimeError, match=r"(?s)refused, nothing installed.*missing '='"):
+        cluster.push(cluster.LabHost(host.name, "smtp_in", stack.fqdn(host), broken), broken)
+    assert root.outside("/etc/postfix/main.cf").read_text() == running
+    assert root.run(["postfix", "status"]).returncode == 0
+
+
+@needs_lab
 def test_lab_namespaces_route_only_documentation_prefixes(lab):
     for netns in network.existing():
         routes = subprocess.run(
@@ -172,6 +206,7 @@ def test_lab_namespaces_route_only_documentation_prefixes(lab):
 def test_lab_down_removes_every_namespace_mount_and_process(lab):
     if not lab["started_here"]:
         pytest.skip("the lab was running before the tests: left up")
+    cluster.save_logs(ARTIFACTS)
     result = subprocess.run(
         [sys.executable, "-m", "lab", "down"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
