@@ -77,7 +77,7 @@ def _self_signed(name: str) -> tuple[str, str]:
 
 
 def remote_mta_tree() -> HostTree:
-    """The remote MTA's files: Debian's stock master.cf plus this main.cf. It offers STARTTLS
+    """The remote MTA's files: Debian's stock master.cf and this main.cf. It offers STARTTLS
     (smtp-out sends with `smtp_tls_security_level = encrypt`) and accepts any local part."""
     cert, key = _self_signed(REMOTE_MX)
     v4, v6 = REMOTE_MTA
@@ -112,6 +112,7 @@ virtual_gid_maps = static:{REMOTE_MAIL_GID}
 """
     files = {
         "/etc/postfix/main.cf": FileSpec(main_cf),
+        "/etc/postfix/master.cf": FileSpec(Path("/usr/share/postfix/master.cf.dist").read_text()),
         "/etc/postfix/remote-mta.pem": FileSpec(cert),
         "/etc/postfix/remote-mta.key": FileSpec(key, mode=0o600),
         "/etc/mailname": FileSpec(f"{REMOTE_DOMAIN}\n"),
