@@ -79,6 +79,10 @@ class Pushes:
     def tree(self, role: str, host: Any) -> pulumi.Output[HostTree]:
         return self.material.apply(lambda keys: render_host(self.stack, role, host, keys))
 
+    def payload(self, role: str, host: Any) -> pulumi.Output[tuple[str, str]]:
+        """The host's tree, rendered once and packed once: (stdin, digest)."""
+        return self.material.apply(lambda keys: payload(render_host(self.stack, role, host, keys)))
+
     def push(
         self,
         name: str,
@@ -89,7 +93,7 @@ class Pushes:
         depends_on: list[pulumi.Resource] | None = None,
     ) -> remote.Command:
         """The Command that installs `host`'s tree at `address` (after `depends_on`, e.g. its VM)."""
-        data = self.tree(role, host).apply(payload)
+        data = self.payload(role, host)
         return remote.Command(
             f"{name}-push",
             connection=remote.ConnectionArgs(

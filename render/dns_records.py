@@ -34,6 +34,7 @@ SOA_TIMERS = (3600, 600, 1209600, 300)
 TXT_STRING_MAX = 255
 # Order of types under one name in the zone text.
 TYPE_ORDER = ("NS", "MX", "A", "AAAA", "TXT", "SRV")
+TYPE_RANK = {type_: n for n, type_ in enumerate(TYPE_ORDER)}
 
 # (domain, selector) -> public key: PEM (SubjectPublicKeyInfo) or base64 DER.
 DkimPublic = Mapping[tuple[str, str], str]
@@ -218,7 +219,13 @@ def _holding(fqdn: str, zone_names: Collection[str]) -> Iterator[str]:
 
 
 def _zone_of(fqdn: str, zone_names: Collection[str]) -> str | None:
-    return next(_holding(fqdn, zone_names), None)
+    """The longest zone that holds `fqdn` (the first of _holding, without a generator per record)."""
+    name = fqdn
+    while name not in zone_names:
+        if "." not in name:
+            return None
+        name = name.split(".", 1)[1]
+    return name
 
 
 def _relative(fqdn: str, zone: str) -> str:
@@ -235,7 +242,7 @@ def _place(rr: Rr, zone_names: Collection[str]) -> Record:
 
 def _order(record: Record) -> tuple:
     labels = () if record.name == "@" else tuple(reversed(record.name.split(".")))
-    return labels, TYPE_ORDER.index(record.type) if record.type in TYPE_ORDER else len(TYPE_ORDER)
+    return labels, TYPE_RANK.get(record.type, len(TYPE_RANK))
 
 
 def records(stack: Stack, dkim_public: DkimPublic) -> list[Record]:
@@ -308,6 +315,12 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def _rows(zone_records: list[Record]) -> tuple[int, list[tuple[str, str, str, str]]]:
+    """(owner column width, one row per record): the columns padded as the zone file aligns them."""
+    width = max(len(r.name) for r in zone_records)
+    return width, [(r.name.ljust(width), f"{r.ttl:<6d}", r.type.ljust(4), r.value) for r in zone_records]
+
+
 def zone_texts(stack: Stack, dkim_public: DkimPublic, mail_records: list[Record] | None = None) -> dict[str, str]:
     """zone -> BIND zone text (SOA, NS and the mail service's records) that named-checkzone accepts.
 
@@ -316,19 +329,18 @@ def zone_texts(stack: Stack, dkim_public: DkimPublic, mail_records: list[Record]
     if mail_records is None:
         mail_records = records(stack, dkim_public)
     template = _environment().get_template("zone.j2")
+    ttl = stack.dns.ttl
     common = {
-        "ttl": stack.dns.ttl,
+        "ttl": ttl,
+        "apex_ttl": f"{ttl:<6d}",
         "primary": f"{stack.nameservers[0].name}.",
         "hostmaster": f"hostmaster.{stack.infra_domain}.",
         "timers": SOA_TIMERS,
     }
-    return {
-        zone: template.render(
-            zone=zone,
-            serial=serial(zone, zone_records),
-            records=zone_records,
-            width=max(len(r.name) for r in zone_records),
-            **common,
+    texts = {}
+    for zone, zone_records in _zone_records(stack, mail_records).items():
+        width, rows = _rows(zone_records)
+        texts[zone] = template.render(
+            zone=zone, serial=serial(zone, zone_records), apex="@".ljust(width), rows=rows, **common
         )
-        for zone, zone_records in _zone_records(stack, mail_records).items()
-    }
+    return texts
