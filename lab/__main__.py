@@ -9,20 +9,26 @@ import sys
 from lab import cluster
 
 
+def _daemon(d: dict) -> str:
+    """`postfix:25,465` (the TCP ports it listens on), `(dead)` when it does not run."""
+    ports = ",".join(str(p) for p in d.get("tcp", []))
+    return f"{d['name']}{':' + ports if ports else ''}{'' if d['alive'] else '(dead)'}"
+
+
 def _print_status(status: dict) -> None:
     if not status.get("hosts"):
         print("the lab is not up")
         return
-    print(
-        f"stack {status['stack']}: {'up' if status['up'] else 'NOT healthy'}; clients run in {status['client_netns']}"
-    )
+    health = "up" if status["up"] else "NOT healthy"
+    print(f"stack {status['stack']}: {health}; clients run in {status['client_netns']} (ip netns exec ...)")
     for h in status["hosts"]:
-        daemons = " ".join(f"{d['name']}{'' if d['alive'] else '(dead)'}" for d in h["daemons"]) or "-"
+        daemons = " ".join(_daemon(d) for d in h["daemons"]) or "-"
         print(f"  {h['name']:<18} {h['role']:<13} {h['netns']:<24} {' '.join(h['addresses'])}")
         print(f"  {'':<18} {daemons}")
     e = status["endpoints"]
-    for name in ("submission", "imaps", "managesieve", "dns", "remote_mta"):
-        print(f"  {name:<12} {e[name]['host']} port {e[name]['port']}")
+    for name in ("submission", "imaps", "managesieve", "webmail", "dns", "remote_mta"):
+        tls = f" (TLS name {e[name]['name']})" if "name" in e[name] else ""
+        print(f"  {name:<12} {e[name]['host']} port {e[name]['port']}{tls}")
     print(f"  {'mx':<12} " + ", ".join(f"[{m['host']}]:{m['port']}" for m in e["mx"]))
     for a in status["accounts"]:
         print(f"  account {a['address']} user {a['user']} password {a['password']}")

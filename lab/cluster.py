@@ -366,7 +366,14 @@ def status() -> dict:
     p = stack.ports
     hosts = []
     for h in record["hosts"]:
-        ds = [{**d, "alive": daemons.Running(h["name"], d["name"], d["pid"], h["netns"]).alive()} for d in h["daemons"]]
+        ds = [
+            {
+                **d,
+                "alive": daemons.Running(h["name"], d["name"], d["pid"], h["netns"]).alive(),
+                "tcp": list(daemons.readiness(stack, h["role"], d["name"]).tcp),
+            }
+            for d in h["daemons"]
+        ]
         hosts.append({**h, "daemons": ds, "logs": str(HostRoot(h["name"], h["netns"], h["name"]).logs)})
     return {
         "up": record.get("phase") == "up" and healthy(record),

@@ -140,6 +140,8 @@ def readiness(stack: Stack, role: str, daemon: str) -> Readiness:
         ),
         ("frontend", "nginx"): Readiness(tcp=(p.submission, p.imaps, p.managesieve, HTTP, HTTPS)),
         ("relay_client", "opensmtpd"): Readiness(tcp=(p.smtp,)),
+        # Roundcube (lab.webmail waits for its login page itself).
+        ("webmail", "nginx"): Readiness(tcp=(p.webmail,)),
     }
     generic = {
         "opendkim": Readiness(tcp=(p.opendkim,)),
