@@ -141,7 +141,7 @@ def readiness(stack: Stack, role: str, daemon: str) -> Readiness:
         ("frontend", "nginx"): Readiness(tcp=(p.submission, p.imaps, p.managesieve, HTTP, HTTPS)),
         ("relay_client", "opensmtpd"): Readiness(tcp=(p.smtp,)),
         # Roundcube (lab.webmail waits for its login page itself).
-        ("webmail", "nginx"): Readiness(tcp=(p.webmail,)),
+        ("webmail", "nginx"): Readiness(tcp=(stack.webmail.port,)),
     }
     generic = {
         "opendkim": Readiness(tcp=(p.opendkim,)),
