@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import NETNS_PREFIX, STATE_DIR, clients, cluster, dns_server, internet, network, state
+from lab import NETNS_PREFIX, STATE_DIR, clients, cluster, daemons, dns_server, internet, network, state
 from render import render_host
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,17 @@ def test_lab_routes_public_addresses_to_the_hosts_site_local_address(stacks):
     for host in stack.hosts.smtp_in + stack.hosts.frontend:
         assert routes[str(host.public_ipv4)] == str(host.ipv4)
         assert routes[str(host.public_ipv6)] == str(host.ipv6)
+
+
+def test_lab_waits_for_every_daemon_on_ports_of_the_model(stacks):
+    stack = stacks["lab"]
+    roles = ("smtp_out", "smtp_in", "maildrop", "frontend", "webmail", "relay_client", "remote_mta")
+    for role in roles:
+        for name in daemons.DAEMONS:
+            ready = daemons.readiness(stack, role, name)
+            assert all(isinstance(p, int) and 0 < p < 65536 for p in ready.tcp), (role, name)
+    assert stack.ports.submission in daemons.readiness(stack, "frontend", "nginx").tcp
+    assert daemons.readiness(stack, "rspamd", "rspamd").http is not None
 
 
 @pytest.mark.skipif(not shutil.which("nsd-checkzone"), reason="needs nsd")
