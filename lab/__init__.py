@@ -14,9 +14,15 @@ removes), cluster (up/down/status). README.md says why it is built this way.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+# Several labs may run side by side (MAIL_LAB_ID=2 ...): their namespaces are separate worlds, so
+# the same addresses do not clash; only these names must differ.
+LAB_ID = os.environ.get("MAIL_LAB_ID", "")
+if LAB_ID and not LAB_ID.isalnum():
+    raise SystemExit(f"MAIL_LAB_ID must be letters and digits, not {LAB_ID!r}")
 # Everything the lab creates on the machine lives under this tmpfs (mounted by `up`, unmounted by
 # `down`) or is named with this prefix: `down` finds its leftovers by these two facts alone.
-STATE_DIR = Path("/run/mail-lab")
-NETNS_PREFIX = "mlab-"
+STATE_DIR = Path(f"/run/mail-lab{LAB_ID}")
+NETNS_PREFIX = f"mlab{LAB_ID}-"

@@ -43,7 +43,7 @@ DAEMON_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 # Inside each host, first in the PATH of the push (lab.cluster.push): the push's reload commands
 # (`systemctl reload postfix`, also the first step of some: sysusers, tmpfiles, sievec) run as on a
 # VM, but there is nothing to reload yet: the lab starts every daemon itself after the install.
-SHIM_DIR = "/run/mail-lab/bin"
+SHIM_DIR = f"{STATE_DIR}/bin"
 SHIM = "#!/bin/sh\n# The lab's systemctl: the lab starts and stops the daemons itself (lab/daemons.py).\nexit 0\n"
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 

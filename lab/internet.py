@@ -21,9 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from lab import NETNS_PREFIX
 from render.tree import Check, FileSpec, HostTree
 
-NETNS = "mlab-internet"
+NETNS = f"{NETNS_PREFIX}internet"
 IPV4 = ip_network("203.0.113.0/24")
 IPV6 = ip_network("2001:db8:200::/64")
 # The fabric's side of the internet link: the internet's default gateway.
