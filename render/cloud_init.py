@@ -41,6 +41,10 @@ PACKAGES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Packages a role installs for their clients only; their daemons stay off.
+CLIENT_ONLY: dict[str, tuple[str, ...]] = {"maildrop": ("rspamd",)}
+
+
 def mac_address(host: Host) -> str:
     """A stable locally administered MAC (QEMU's 52:54:00 prefix): network-config matches the NIC by it."""
     digest = hashlib.sha256(host.name.encode()).digest()
@@ -59,6 +63,7 @@ def user_data(stack: Stack, role: str, host: Host) -> str:
         fqdn=stack.fqdn(host),
         ssh_public_key=stack.ssh_public_key,
         packages=packages(role),
+        disabled_services=CLIENT_ONLY.get(role, ()),
     )
 
 
