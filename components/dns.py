@@ -20,15 +20,18 @@ class DnsOutputs:
         published = pulumi.Output.all(*(keys.dkim_public[p] for p in pairs)).apply(
             lambda pems: _publish(stack, dict(zip(pairs, pems, strict=True)))
         )
-        self.records: pulumi.Output[list[dict]] = published[0]
+        # A tuple, exported as a list: the SDK looks for unknowns in every Output's value by walking
+        # its lists and dicts, once per Output that holds it. These records are plain known values
+        # (hundreds of them for a large stack): the walks are left to the export itself.
+        self.records: pulumi.Output[tuple[dict, ...]] = published[0]
         self.zones: pulumi.Output[dict[str, str]] = published[1]
         # Each mail domain's MX targets, in preference order, as the records publish them.
         self.mx: pulumi.Output[dict[str, list[str]]] = published[2]
 
 
-def _publish(stack: Stack, dkim_public: dns_records.DkimPublic) -> tuple[list[dict], dict[str, str], dict]:
+def _publish(stack: Stack, dkim_public: dns_records.DkimPublic) -> tuple[tuple[dict, ...], dict[str, str], dict]:
     records = dns_records.records(stack, dkim_public)
-    as_dicts = [_record(r) for r in records]
+    as_dicts = tuple(_record(r) for r in records)
     return as_dicts, dns_records.zone_texts(stack, dkim_public, records), _mx(as_dicts)
 
 
@@ -37,7 +40,7 @@ def _record(r: dns_records.Record) -> dict:
     return {"zone": r.zone, "name": r.name, "type": r.type, "ttl": r.ttl, "value": r.value}
 
 
-def _mx(records: list[dict]) -> dict[str, list[str]]:
+def _mx(records: tuple[dict, ...]) -> dict[str, list[str]]:
     mx: dict[str, list[str]] = {}
     for r in records:
         if r["type"] == "MX" and r["name"] == "@":
