@@ -110,6 +110,8 @@ def sdk(run: Run, memo: dict) -> None:
                 depends_on=[made[u] for u in monitor.dependencies[key] if u in made],
             )
             if r.custom:
+                if r.typ not in CLASSES:
+                    raise KeyError(f"{r.typ}: add the provider SDK class the program makes it with to CLASSES")
                 if r.provider:
                     opts.provider = made[r.provider.rsplit("::", 1)[0]]
                 made[monitor.urns[key]] = CLASSES[r.typ](
