@@ -53,3 +53,55 @@ def assert_checks_pass(tree: HostTree) -> None:
     """Every checker of the tree, against its staged files (the push script's own check step)."""
     result = run_push(tree, "--check-only")
     assert result.returncode == 0, f"{tree.host}: {result.stderr}"
+
+
+# ---- the lab: one running cluster for every lab test of the session -----------------------------
+
+LAB_TOOLS = ("ip", "unshare", "nsenter", "nsd", "postfix", "dovecot", "rspamd", "nginx", "unbound")
+LAB_ARTIFACTS = ROOT / "artifacts" / "lab-logs"
+
+
+def lab_unavailable() -> str | None:
+    """Why the lab cannot run here, or None. In CI a missing piece is a failure, never a skip."""
+    import os
+    import shutil
+
+    missing = [t for t in LAB_TOOLS if not shutil.which(t)]
+    if os.geteuid() == 0 and not missing:
+        return None
+    reason = f"the lab needs root and the Debian daemons (missing: {missing or 'root'})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the lab tests: {reason}")
+    return reason
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The running lab (`python -m lab up`), brought up once unless it already runs whole; taken
+    down at the end of the session if this session started it, its logs kept in artifacts/."""
+    reason = lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+    from lab import cluster
+
+    quiet = lambda _: None  # noqa: E731
+    running = cluster.status()
+    # A lab of a few hosts (`up --only`) is not enough: replace it with the whole one.
+    started_here = not running.get("up") or not all(h["rendered"] for h in running["hosts"])
+    if running.get("hosts") and started_here:
+        cluster.down(progress=quiet)
+    try:
+        status = cluster.up(progress=quiet)
+    except Exception:
+        cluster.save_logs(LAB_ARTIFACTS)
+        cluster.down(progress=quiet)
+        raise
+    yield status | {"started_here": started_here}
+    if started_here and cluster.status().get("hosts"):
+        cluster.save_logs(LAB_ARTIFACTS)
+        cluster.down(progress=quiet)
+
+
+def pytest_collection_modifyitems(items):
+    # Tests that take the lab down run after every other test that needs it.
+    items.sort(key=lambda item: item.get_closest_marker("lab_teardown") is not None)

@@ -412,26 +412,6 @@ def test_browser_is_refused_with_a_wrong_password(roundcube, imap, netns):
 # ---- through the running lab ------------------------------------------------------------------
 
 
-def lab_status() -> dict[str, Any] | None:
-    done = subprocess.run(
-        [sys.executable, "-m", "lab", "status", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    if done.returncode != 0:
-        return None
-    try:
-        return json.loads(done.stdout)
-    except json.JSONDecodeError:
-        return None
-
-
-@pytest.fixture(scope="module")
-def lab():
-    status = lab_status()
-    if not status or not status.get("up"):
-        pytest.skip("the lab is not running (python -m lab up)")
-    return status
-
-
 def frontend_address(lab: dict[str, Any], stack) -> str:
     """Where the lab serves https://webmail.<domain>: its webmail endpoint, else the primary frontend."""
     endpoint = lab["endpoints"].get("webmail") or lab["endpoints"].get("imaps")
