@@ -33,6 +33,7 @@ from render.throwaway import throwaway_keys
 from render.tree import FileSpec, HostTree
 
 PUSH_HOST = Path(__file__).resolve().parent.parent / "render" / "push_host.py"
+HOST_PUSH_SCRIPT = "/var/lib/mail-push/push_host.py"
 DNS_DIR = STATE_DIR / "dns"
 Progress = Callable[[str], None]
 
@@ -117,7 +118,12 @@ def push(host: LabHost, tree: HostTree) -> None:
     first, host_root.SHIM). The webmail host's reload is `docker compose up`: the lab runs
     Debian's Roundcube instead (lab.webmail), so that tree is installed and checked only."""
     env = {**os.environ, "PATH": f"{host_root.SHIM_DIR}:{os.environ.get('PATH', host_root.DAEMON_ENV['PATH'])}"}
-    argv = [sys.executable, str(PUSH_HOST), *(["--no-reload"] if tree.role == "webmail" else [])]
+    # The host's own python3 runs it, from a path inside the host, as on a VM: the project's
+    # checkout (and its venv) may sit where the host's fresh /tmp hides it.
+    script = host.root.outside(HOST_PUSH_SCRIPT)
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(PUSH_HOST.read_text())
+    argv = ["/usr/bin/python3", HOST_PUSH_SCRIPT, *(["--no-reload"] if tree.role == "webmail" else [])]
     result = host.root.run(argv, input=json.dumps(tree.manifest()), env=env, timeout=300)
     if result.returncode != 0:
         raise RuntimeError(f"{host.name}: push of the {tree.role} tree failed:\n{result.stderr.strip()}")

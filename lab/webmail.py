@@ -19,7 +19,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -257,7 +256,8 @@ def get(wm: Webmail, timeout: float = 5.0) -> tuple[int, str]:
         "except urllib.error.HTTPError as e:\n"
         "    print(e.code); sys.stdout.write(e.read().decode(errors='replace'))\n"
     )
-    result = _in_host(wm, sys.executable, "-c", probe, timeout=timeout + 5)
+    # The host's python3: the project's venv may be hidden by the host's fresh /tmp.
+    result = _in_host(wm, "/usr/bin/python3", "-c", probe, timeout=timeout + 5)
     if result.returncode != 0:
         raise ConnectionError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no answer")
     status, _, body = result.stdout.partition("\n")
