@@ -200,7 +200,8 @@ def test_lab_down_removes_every_namespace_mount_and_process(lab):
     )
     assert result.returncode == 0, result.stderr
     assert network.existing() == []
-    assert str(STATE_DIR) not in Path("/proc/self/mountinfo").read_text()
+    mount_points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    assert not [m for m in mount_points if m == str(STATE_DIR) or m.startswith(f"{STATE_DIR}/")]
     assert not STATE_DIR.exists()
     daemon_pids = [d["pid"] for h in lab["hosts"] for d in h["daemons"]]
     assert not [p for p in daemon_pids if Path(f"/proc/{p}").exists() and b"Z" not in _state(p)]
