@@ -40,6 +40,9 @@ def local_d(
         "password": controller_password,
         "nameservers": [f"{_bracket(a)}:53" for a in LOOPBACK],
         "actions": list(ACTIONS),
+        # Mail from the cluster itself (smtp-out and smtp-in leave through these) is not greylisted:
+        # a relay client's cron mail to a local alias would otherwise wait minutes.
+        "local_addrs": ["127.0.0.0/8", "::1", *(str(p) for p in stack.egress_prefixes)],
     }
     names = ["worker-proxy.inc", "worker-controller.inc", "redis.conf", "options.inc", "actions.conf"]
     names += [f"{m}.conf" for m in DISABLED]

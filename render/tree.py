@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,18 @@ class FileSpec:
     reload: tuple[str, ...] = ()
     # A Postfix lookup table: `postmap` it after install (and before the check).
     postmap: bool = False
+
+
+def _spec(spec: FileSpec) -> dict:
+    # By hand rather than dataclasses.asdict (a deep copy): this runs for every file of every host.
+    return {
+        "content": spec.content,
+        "mode": spec.mode,
+        "owner": spec.owner,
+        "group": spec.group,
+        "reload": list(spec.reload),
+        "postmap": spec.postmap,
+    }
 
 
 @dataclass(frozen=True)
@@ -41,8 +53,8 @@ class HostTree:
         """The push payload: plain data, stable order (its hash is the push trigger)."""
         return {
             "host": self.host,
-            "files": {p: asdict(self.files[p]) for p in sorted(self.files)},
-            "checks": [asdict(c) for c in self.checks],
+            "files": {p: _spec(self.files[p]) for p in sorted(self.files)},
+            "checks": [{"name": c.name, "argv": list(c.argv)} for c in self.checks],
             "services": dict(sorted(self.services.items())),
         }
 
