@@ -93,6 +93,7 @@ def render(stack: Stack, webmail: Webmail, keys: KeyMaterial) -> HostTree:
         managesieve_port=php_literal(stack.ports.managesieve),
         ca_file=php_literal(f"{CONTAINER_CONFIG_DIR}/ca.pem"),
         mail_domain=php_literal(stack.domains[0].name),
+        proxy_whitelist=php_literal([a for h in stack.hosts.frontend for a in h.site_local_addresses]),
     )
     files = {
         COMPOSE_FILE: FileSpec(compose, reload=reload),
