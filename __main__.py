@@ -44,3 +44,5 @@ pulumi.export("hosts", [host for role in vm_roles for host in role.hosts])
 pulumi.export("endpoints", endpoints(stack, dns))
 pulumi.export("dns_records", dns.records)
 pulumi.export("dns_zones", dns.zones)
+# Generated mailbox passwords (mailboxes without a password_hash): a secret output, for the operator.
+pulumi.export("mailbox_passwords", keys.material.apply(lambda material: dict(material.mailbox_passwords)))
