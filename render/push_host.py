@@ -16,6 +16,7 @@ never appear in a command line, the Pulumi state or a log.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import grp
 import json
 import os
@@ -24,7 +25,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+# Postfix tools pause while main.cf looks "hot" (modified in the last second or two: maybe still
+# being edited) before they trust it. Every file here appears complete, by an atomic rename, so its
+# mtime is set that far back: postmap and `postfix check` right after a write do not sleep ~2 s.
+SETTLED_SECONDS = 2
+# mount(2) flags: a recursive bind mount (the live subdirectories of a mirrored directory).
+MS_BIND, MS_REC = 0x1000, 0x4000
 
 
 class CheckFailed(Exception):
@@ -52,6 +61,8 @@ def _write(path: Path, spec: dict) -> None:
             f.write(spec["content"])
         os.chmod(tmp, spec["mode"])
         os.chown(tmp, *_ids(spec))
+        settled = time.time() - SETTLED_SECONDS
+        os.utime(tmp, (settled, settled))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -76,27 +87,62 @@ def _changed(root: Path, manifest: dict) -> list[str]:
     return changed
 
 
-def _mount_dirs(paths: list[str]) -> list[Path]:
-    """The outermost existing directories that hold the staged files (bind-mount points)."""
-    dirs: set[Path] = set()
+def _mirror_dirs(paths: list[str]) -> dict[Path, list[str]]:
+    """Existing directory -> the staged files that land in it: each file's parent or, for a file
+    in a directory still to be created, its deepest existing ancestor."""
+    dirs: dict[Path, list[str]] = {}
     for p in paths:
         d = Path(p).parent
         while not d.is_dir():
             d = d.parent
-        dirs.add(d)
-    return sorted(d for d in dirs if not any(o != d and o in d.parents for o in dirs))
+        dirs.setdefault(d, []).append(p)
+    return dirs
+
+
+def _bind(source: str | Path, target: Path) -> None:
+    # The syscall itself: a mirrored /etc binds a hundred subdirectories, a `mount` process each is slow.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(os.fsencode(source), os.fsencode(target), None, MS_BIND | MS_REC, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind mount {source} on {target}: {os.strerror(err)}")
+
+
+def _mirror(live: Path, copy: Path) -> None:
+    """A private copy of one directory level, bind-mounted over the live one: its files copied
+    (owner, mode, mtime), its subdirectories and other nodes the live ones (bind mounts), so the
+    staged files and whatever the checks write there (postmap's .db) never reach the live dir."""
+    st = live.stat()
+    copy.mkdir()
+    os.chmod(copy, st.st_mode & 0o7777)
+    os.chown(copy, st.st_uid, st.st_gid)
+    with os.scandir(live) as entries:
+        for entry in entries:
+            target = copy / entry.name
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), target)
+            elif entry.is_dir():
+                target.mkdir()
+                _bind(entry.path, target)
+            elif entry.is_file():
+                shutil.copy2(entry.path, target)
+                est = entry.stat()
+                os.chown(target, est.st_uid, est.st_gid)
+            else:
+                target.touch()
+                _bind(entry.path, target)
 
 
 def _overlay_and_check(manifest: dict, scratch: Path) -> None:
-    """Inside a private mount namespace: copy each mount dir, overlay the staged files, bind it
-    over the live dir, postmap the tables, then run the checks."""
-    for n, live in enumerate(_mount_dirs(list(manifest["files"]))):
-        copy = scratch / f"overlay{n}"
-        shutil.copytree(live, copy, symlinks=True, ignore_dangling_symlinks=True)
-        for path, spec in manifest["files"].items():
-            if live == Path(path).parent or live in Path(path).parents:
-                _write(copy / Path(path).relative_to(live), spec)
-        subprocess.run(["mount", "--bind", str(copy), str(live)], check=True)
+    """Inside a private mount namespace: give each directory that receives staged files a private
+    copy of its own level with the staged files in it (shallowest first, so a deeper one mirrors
+    what the outer mirror shows), postmap the tables, then run the checks."""
+    dirs = _mirror_dirs(list(manifest["files"]))
+    for n, live in enumerate(sorted(dirs, key=lambda d: len(d.parts))):
+        copy = scratch / f"dir{n}"
+        _mirror(live, copy)
+        for path in dirs[live]:
+            _write(copy / Path(path).relative_to(live), manifest["files"][path])
+        _bind(copy, live)
     for path, spec in manifest["files"].items():
         if spec["postmap"]:
             _run(["postmap", path], f"postmap {path}")
