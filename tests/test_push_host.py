@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_push
 
 from render import render_host
 from render.tree import FileSpec, HostTree
-from tests.conftest import run_push
 
 pytestmark = pytest.mark.checkers
 

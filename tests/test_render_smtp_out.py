@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_checks_pass, run_push
+from postfix_tools import postconf, settings, stage
 
 from render.names import tls_key_path
 from render.smtp_out import KEY_TABLE, SASL_USERS, SIGNING_TABLE, dkim_key_path
@@ -23,36 +24,11 @@ def smtp_outs(trees: dict[str, dict[str, HostTree]], stack_name: str) -> list[Ho
     return [t for t in trees[stack_name].values() if t.role == "smtp_out"]
 
 
-def stage(tree: HostTree, root: Path) -> Path:
-    """The tree's files under root, its Postfix tables built by postmap as the push builds them."""
-    for path, spec in tree.files.items():
-        target = root / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(spec.content)
-        target.chmod(spec.mode)
-    for path, spec in tree.files.items():
-        if spec.postmap:
-            subprocess.run(["postmap", "-c", root / "etc/postfix", root / path.lstrip("/")], check=True)
-    return root
-
-
 @pytest.fixture(scope="module")
 def staged(trees, stack_name, tmp_path_factory) -> Path:
     """The first smtp-out of the stack, written to a directory."""
     tree = smtp_outs(trees, stack_name)[0]
     return stage(tree, tmp_path_factory.mktemp(f"{stack_name}-{tree.host}"))
-
-
-def postconf(root: Path, *args: str) -> str:
-    result = subprocess.run(["postconf", "-c", root / "etc/postfix", *args], capture_output=True, text=True)
-    assert result.returncode == 0 and not result.stderr, result.stderr
-    return result.stdout.strip()
-
-
-def settings(root: Path, *names: str) -> dict[str, str]:
-    """name -> value as Postfix reads it (`postconf -c DIR name...`)."""
-    lines = postconf(root, *names).splitlines()
-    return dict(line.split(" = ", 1) if " = " in line else (line.removesuffix(" ="), "") for line in lines)
 
 
 # ---- the daemons' own checkers ---------------------------------------------------------------
