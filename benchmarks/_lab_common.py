@@ -1,0 +1,410 @@
+"""What the failover tests and the lab benchmarks share: stopping and restarting one host's daemons
+(and keeping the lab's state file true), sending from the remote MTA, reading a maildrop over IMAP.
+
+lab.daemons starts and stops one daemon; lab.cluster starts and stops the whole lab. Between the
+two there is no "stop this host, start it again" and no way to tell the state file about a daemon's
+new pid, so this module does both with what lab exposes (daemons.start/stop/wait_ready,
+state.load/save): after `restart`, `lab status` and the `lab` fixture see the lab whole again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import math
+import os
+import random
+import re
+import smtplib
+import socket
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab import clients, cluster, daemons, internet, state
+from lab.host_root import DAEMON_ENV, HostRoot
+from lab.netns import in_netns
+from model import load_stack_file
+
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+# ---- one host's daemons -------------------------------------------------------------------------
+
+
+def _host_entry(record: dict, host: str) -> dict:
+    return next(h for h in record["hosts"] if h["name"] == host)
+
+
+def _descendants(pid: int) -> set[int]:
+    """pid and every process below it (read before a stop: orphans lose their parent link)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p not in found:
+            found.add(p)
+            todo += children.get(p, [])
+    return found
+
+
+def _alive(pid: int) -> bool:
+    return daemons.Running("", "", pid, "").alive()
+
+
+def stop(host: str, names: Iterable[str] | None = None, timeout: float = 30) -> list[str]:
+    """Stop the host's daemons (all, or `names`) in reverse start order, as its unit's ExecStop or
+    SIGTERM does, and wait until every process of each daemon is gone. Returns what it stopped."""
+    record = state.load()
+    entry = _host_entry(record, host)
+    root = HostRoot(entry["name"], entry["netns"], entry["name"])
+    wanted = set(names) if names is not None else {d["name"] for d in entry["daemons"]}
+    stopped = []
+    for d in reversed(entry["daemons"]):
+        if d["name"] not in wanted or not _alive(d["pid"]):
+            continue
+        tree = _descendants(d["pid"])
+        daemons.stop(root, daemons.DAEMONS[d["name"]], d["pid"])
+        deadline = time.monotonic() + timeout
+        while any(_alive(p) for p in tree):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{host}/{d['name']}: still running {timeout:.0f}s after the stop")
+            time.sleep(0.05)
+        stopped.append(d["name"])
+    return stopped
+
+
+def start(host: str, names: Iterable[str] | None = None, timeout: float = 120) -> dict[str, int]:
+    """Start the host's stopped daemons (all, or `names`) in start order, wait until each listens
+    where the stack model says, and write their new pids to the state file."""
+    record = state.load()
+    entry = _host_entry(record, host)
+    stack = load_stack_file(record["stack"])
+    root = HostRoot(entry["name"], entry["netns"], entry["name"])
+    wanted = set(names) if names is not None else {d["name"] for d in entry["daemons"]}
+    started: dict[str, int] = {}
+    for d in entry["daemons"]:
+        if d["name"] not in wanted or _alive(d["pid"]):
+            continue
+        pid = daemons.start(root, daemons.DAEMONS[d["name"]])
+        ready = daemons.readiness(stack, entry["role"], d["name"])
+        daemons.wait_ready([daemons.Running(host, d["name"], pid, entry["netns"], ready)], timeout)
+        d["pid"] = started[d["name"]] = pid
+    record = state.load()  # written by nobody else meanwhile; re-read to change only these pids
+    for d in _host_entry(record, host)["daemons"]:
+        d["pid"] = started.get(d["name"], d["pid"])
+    state.save(record)
+    return started
+
+
+def restore_whole(timeout: float = 120) -> list[str]:
+    """Start every daemon of the lab that is not running (what a failed test may leave behind)."""
+    restarted = []
+    for entry in (state.load() or {"hosts": []})["hosts"]:
+        if entry["role"] == "webmail":
+            continue  # lab.webmail's own processes; no test here stops them
+        dead = [d["name"] for d in entry["daemons"] if not _alive(d["pid"])]
+        if dead:
+            start(entry["name"], dead, timeout)
+            restarted += [f"{entry['name']}/{n}" for n in dead]
+    return restarted
+
+
+@contextlib.contextmanager
+def stopped(*hosts: str) -> Iterator[Callable[[], None]]:
+    """Hosts down for the block (every daemon); started again at its end, even on failure. The
+    block may restart them earlier by calling what it is given."""
+    done = []
+
+    def restart() -> None:
+        if not done:
+            done.append(True)
+            for host in hosts:
+                start(host)
+
+    try:
+        for host in hosts:
+            stop(host)
+        yield restart
+    finally:
+        restart()
+
+
+# ---- mail ---------------------------------------------------------------------------------------
+
+
+def message(sender: str, recipient: str, subject: str, tag: str) -> tuple[str, str]:
+    """A plain, well-formed message (rspamd scores it far below greylisting) with a unique Message-ID."""
+    message_id = f"<{tag}-{time.time_ns()}@{sender.split('@')[1]}>"
+    now = time.gmtime()
+    date = time.strftime(f"{DAYS[now.tm_wday]}, %d %b %Y %H:%M:%S +0000", now)
+    text = (
+        f"From: {sender}\nTo: {recipient}\nSubject: {subject}\nMessage-ID: {message_id}\nDate: {date}\n"
+        f"MIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n"
+        f"{subject}.\nSent to check that the cluster keeps mail when parts of it are down.\n"
+    )
+    return message_id, text
+
+
+def remote_send(sender: str, recipient: str, text: str) -> None:
+    """Hand a message to the internet's remote MTA with its own sendmail(1): it looks up the
+    recipient domain's MX records in the lab DNS and delivers as any MTA would (falling back to
+    the next MX, retrying later what was deferred)."""
+    root = cluster.host_roots()[internet.REMOTE_MTA_HOST]
+    result = root.run(["sendmail", "-i", "-f", sender, recipient], input=text, env=DAEMON_ENV, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"remote MTA sendmail: {result.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def extra_clients(status: dict, count: int, first: int = 100) -> Iterator[list[str]]:
+    """`count` more client addresses in the internet namespace (203.0.113.<first>...), for the block.
+    The case study's smtp-in takes at most 60 messages and 10 connections a minute from one client
+    address (smtpd_client_message_rate_limit, smtpd_client_connection_rate_limit), so a burst that
+    must arrive within minutes comes from many internet MTAs, as it would in production."""
+    addresses = [str(internet.IPV4[first + n]) for n in range(count)]
+    netns = status["client_netns"]
+    for address in addresses:
+        subprocess.run(
+            ["ip", "-n", netns, "addr", "add", f"{address}/{internet.IPV4.prefixlen}", "dev", "eth0"], check=True
+        )
+    try:
+        yield addresses
+    finally:
+        for address in addresses:
+            subprocess.run(["ip", "-n", netns, "addr", "del", f"{address}/{internet.IPV4.prefixlen}", "dev", "eth0"])
+
+
+def mx_hosts(status: dict, domain: str) -> list[tuple[int, str, list[str]]]:
+    """The domain's MX records from the lab DNS, as an MTA reads them: (preference, name, addresses)."""
+    hosts = []
+    for record in clients.lookup(status, domain, "MX"):
+        preference, name = record.split()
+        addresses = [a for rdtype in ("AAAA", "A") for a in clients.lookup(status, name.rstrip("."), rdtype)]
+        hosts.append((int(preference), name.rstrip("."), addresses))
+    return sorted(hosts)
+
+
+# Messages per SMTP session before a Sender picks an MX again (Postfix reuses a cached session
+# for a while, then chooses anew; smtp_connection_reuse_time_limit).
+REUSE_LIMIT = 10
+
+
+class Sender:
+    """A small internet MTA on one client address: tries the MX hosts in preference order (equal
+    preferences at random), each host's addresses in turn, keeps a session for the next message,
+    and retries what no MX took (refused, 4xx, dropped session) after `retry` seconds, as any MTA
+    retries deferred mail. Postfix's own retry would wait minutes (minimal_backoff_time 300s)."""
+
+    def __init__(self, status: dict, source: str, mx: list[tuple[int, str, list[str]]], retry: float = 2.0):
+        self.status, self.source, self.mx, self.retry = status, source, mx, retry
+        self.session: smtplib.SMTP | None = None
+        self.session_host = ""
+        self.session_messages = 0
+        self.deferrals = 0
+        self.accepted: list[tuple[str, str]] = []  # (message id, MX host that took it)
+
+    def _order(self) -> list[tuple[str, list[str]]]:
+        by_preference: dict[int, list[tuple[str, list[str]]]] = {}
+        for preference, name, addresses in self.mx:
+            by_preference.setdefault(preference, []).append((name, addresses))
+        ordered = []
+        for preference in sorted(by_preference):
+            group = by_preference[preference]
+            random.shuffle(group)
+            ordered += group
+        return ordered
+
+    def close(self) -> None:
+        if self.session is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self.session.quit()
+        self.session, self.session_messages = None, 0
+
+    def _try(self, name: str, addresses: list[str], sender: str, recipient: str, text: str) -> bool:
+        if self.session is not None and self.session_host != name:
+            self.close()
+        usable = [a for a in addresses if (":" in a) == (":" in self.source)]  # the source's family
+        for address in [None] if self.session is not None else usable:
+            try:
+                if self.session is None:
+                    endpoint = {"host": address, "port": 25, "name": name}
+                    self.session = clients.smtp(self.status, endpoint, source=self.source)
+                    self.session_host = name
+                self.session.sendmail(sender, [recipient], text)
+                self.session_messages += 1
+                if self.session_messages >= REUSE_LIMIT:
+                    self.close()
+                return True
+            except (smtplib.SMTPException, OSError):
+                self.close()
+        return False
+
+    def send(self, sender: str, recipient: str, text: str, message_id: str, deadline: float) -> None:
+        while True:
+            if self.session is not None and self._try(self.session_host, [], sender, recipient, text):
+                self.accepted.append((message_id, self.session_host))
+                return
+            for name, addresses in self._order():
+                if self._try(name, addresses, sender, recipient, text):
+                    self.accepted.append((message_id, name))
+                    return
+            self.deferrals += 1
+            if time.monotonic() + self.retry > deadline:
+                raise TimeoutError(f"{self.source}: no MX took {message_id}")
+            time.sleep(self.retry)
+
+
+def senders(status: dict, sources: list[str], domain: str) -> list[Sender]:
+    mx = mx_hosts(status, domain)
+    return [Sender(status, source, mx) for source in sources]
+
+
+def send_from_many(senders: list[Sender], messages: list[tuple[str, str, str, str]], timeout: float = 300) -> None:
+    """(message id, sender, recipient, text) spread over the senders, which send in parallel."""
+    deadline = time.monotonic() + timeout
+
+    def work(index: int) -> None:
+        sender = senders[index]
+        try:
+            for message_id, frm, rcpt, text in messages[index :: len(senders)]:
+                sender.send(frm, rcpt, text, message_id, deadline)
+        finally:
+            sender.close()
+
+    with ThreadPoolExecutor(max_workers=len(senders)) as pool:
+        list(pool.map(work, range(len(senders))))
+
+
+def queue_size(host: str) -> int:
+    """Messages in the host's Postfix queue (postqueue -j: one JSON line per message)."""
+    result = cluster.host_roots()[host].run(["postqueue", "-j"], env=DAEMON_ENV)
+    return len([line for line in result.stdout.splitlines() if line.strip()])
+
+
+# ---- IMAP straight to a maildrop (bypassing the frontends) --------------------------------------
+
+
+@dataclass(frozen=True)
+class Maildrop:
+    host: str
+    address: str  # its site-local IPv6 address
+    netns: str  # a frontend's namespace: where NGINX connects to the maildrops from
+
+
+def maildrops(status: dict) -> dict[str, Maildrop]:
+    """host name -> how to reach its IMAPS directly, for the two maildrops of the lab stack."""
+    stack = load_stack_file(status["stack"])
+    frontend = next(h for h in status["hosts"] if h["role"] == "frontend")
+    return {h.name: Maildrop(h.name, str(h.ipv6), frontend["netns"]) for h in stack.hosts.maildrop}
+
+
+class _IMAPS(imaplib.IMAP4_SSL):
+    def __init__(self, address: str, name: str, port: int, status: dict, timeout: float):
+        self._address = address
+        super().__init__(name, port, ssl_context=clients.tls_context(status), timeout=timeout)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self._address, self.port), timeout)
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
+def maildrop_imap(status: dict, drop: Maildrop, account: dict, timeout: float = 15) -> imaplib.IMAP4:
+    """Logged in on one maildrop's IMAPS (as NGINX reaches it), INBOX selected read-only."""
+    endpoint = status["endpoints"]["imaps"]
+    with in_netns(drop.netns):
+        client = _IMAPS(drop.address, endpoint["name"], endpoint["port"], status, timeout)
+    client.login(account["user"], account["password"])
+    client.select("INBOX", readonly=True)
+    return client
+
+
+MESSAGE_ID = re.compile(rb"^Message-ID:\s*(<[^>]*>)", re.IGNORECASE | re.MULTILINE)
+
+
+def message_ids(client: imaplib.IMAP4, pattern: str) -> list[str]:
+    """Message-IDs (one per message, duplicates kept) of INBOX messages whose Message-ID contains
+    `pattern`: SEARCH HEADER, then FETCH of that header only."""
+    _, found = client.search(None, "HEADER", "Message-ID", pattern)
+    numbers = found[0].split()
+    ids: list[str] = []
+    for start in range(0, len(numbers), 500):
+        chunk = b",".join(numbers[start : start + 500]).decode()
+        _, data = client.fetch(chunk, "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        for item in data:
+            if isinstance(item, tuple) and (m := MESSAGE_ID.search(item[1])):
+                ids.append(m.group(1).decode())
+    return ids
+
+
+def ids_on(status: dict, drop: Maildrop, account: dict, pattern: str) -> list[str]:
+    client = maildrop_imap(status, drop, account)
+    try:
+        return message_ids(client, pattern)
+    finally:
+        with contextlib.suppress(imaplib.IMAP4.error, OSError):
+            client.logout()
+
+
+def frontend_login(status: dict, account: dict, timeout: float = 5) -> bool:
+    """One IMAPS login through the frontend endpoint; True when it succeeds."""
+    endpoint = status["endpoints"]["imaps"]
+    try:
+        with in_netns(status["client_netns"]):
+            client = _IMAPS(endpoint["host"], endpoint["name"], endpoint["port"], status, timeout)
+        try:
+            client.login(account["user"], account["password"])
+        finally:
+            with contextlib.suppress(imaplib.IMAP4.error, OSError):
+                client.logout()
+    except (imaplib.IMAP4.error, OSError):
+        return False
+    return True
+
+
+# ---- benchmarks: a lab to measure on ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_lab(progress: Callable[[str], None] = print) -> Iterator[dict]:
+    """The running lab of this MAIL_LAB_ID if it is whole, else one brought up here and taken down
+    at the end (its logs kept)."""
+    lab_id = os.environ.get("MAIL_LAB_ID", "")
+    current = cluster.status()
+    reuse = bool(current.get("up")) and all(h["rendered"] for h in current["hosts"])
+    if reuse:
+        progress(f"reusing the running lab (MAIL_LAB_ID={lab_id!r})")
+        restore_whole()
+        yield cluster.status()
+        return
+    progress(f"bringing the lab up (MAIL_LAB_ID={lab_id!r}) ...")
+    cluster.up(progress=lambda _: None)
+    try:
+        yield cluster.status()
+    finally:
+        progress("taking the lab down")
+        cluster.down(progress=lambda _: None)
+
+
+def summary(values: list[float]) -> str:
+    values = sorted(values)
+    return f"min {values[0]:.3f} s  median {statistics.median(values):.3f} s  max {values[-1]:.3f} s  (n={len(values)})"
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    values = sorted(values)
+    rank = max(1, min(len(values), math.ceil(p / 100 * len(values))))
+    return values[rank - 1]

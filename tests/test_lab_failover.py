@@ -1,0 +1,149 @@
+"""Failover in the running lab: mail and IMAP keep working while a maildrop or an smtp-in is down,
+and nothing is lost or delivered twice (case study: "If ever it were to go down, they will
+automatically fail over and use ddln0, which will replicate back any changes while chbtl0 is down";
+smtp-in: "if one of them is down for a while, remote mail servers will automatically and gracefully
+use another replica").
+
+Each test stops whole hosts (every daemon, as a VM going down would) and starts them again in a
+`finally`, so the lab is whole after it even when it fails.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from benchmarks import _lab_common as common
+from lab import clients, cluster, internet
+
+pytestmark = pytest.mark.lab
+
+PRIMARY, BACKUP = "maildrop0-chbtl0", "maildrop1-ddln0"
+STOPPED_MX = "smtp-in-chrma0"
+BURST = 500
+
+
+@pytest.fixture
+def whole(lab):
+    """The lab with every daemon running, before and after the test."""
+    common.restore_whole()
+    yield lab
+    common.restore_whole()
+
+
+def _run_tag(name: str) -> str:
+    return f"{name}{time.time_ns() % 10**10}"
+
+
+def _wait_ids(lab: dict, host: str, account: dict, pattern: str, want: set[str], timeout: float) -> list[str]:
+    """Message-IDs matching `pattern` on one maildrop, polled until `want` are all there."""
+    drop = common.maildrops(lab)[host]
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = common.ids_on(lab, drop, account, pattern)
+        if want <= set(ids) or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.5)
+
+
+def _remote_mta_log() -> Path:
+    return cluster.host_roots()[internet.REMOTE_MTA_HOST].logs / "syslog"
+
+
+def test_lab_primary_maildrop_down_imap_and_inbound_mail_fail_over_to_the_backup_then_replicate_back(whole):
+    lab = whole
+    alice = lab["accounts"][0]
+    tag = _run_tag("maildrop-down")
+    with common.stopped(PRIMARY) as restart:
+        assert common.frontend_login(lab, alice), "no IMAPS login through the frontend with the primary down"
+        # Through the real MX path: smtp-in resolves maildrop.example.com MX 10 (down), then MX 20.
+        sender = f"{tag}@{internet.REMOTE_DOMAIN}"
+        first, text = common.message(sender, alice["address"], "while the primary is down", tag)
+        client = clients.smtp(lab, lab["endpoints"]["mx"][1])
+        try:
+            client.sendmail(sender, [alice["address"]], text)
+        finally:
+            client.quit()
+        raw = clients.imap_message(lab, alice, first, timeout=60)
+        assert raw is not None, "not readable through the frontend within 60 s"
+        assert b"by maildrop1.ddln0.example.com with LMTP" in raw  # the backup delivered it ...
+        assert first in common.ids_on(lab, common.maildrops(lab)[BACKUP], alice, tag)  # ... and has it
+        restart()
+    # Dovecot's replicator retries a failed sync only after 5 minutes (REPLICATOR_FAILURE_RESYNC_
+    # INTERVAL_SECS, not a setting); any change to the mailbox syncs it at once, in both
+    # directions. The next mail, which the primary takes again (MX 10), is that change.
+    second, text = common.message(sender, alice["address"], "after the primary is back", tag)
+    client = clients.smtp(lab, lab["endpoints"]["mx"][1])
+    try:
+        client.sendmail(sender, [alice["address"]], text)
+    finally:
+        client.quit()
+    on_primary = _wait_ids(lab, PRIMARY, alice, tag, {first, second}, timeout=30)
+    assert sorted(on_primary) == sorted({first, second}), "the primary did not get the backup's mail back"
+    on_backup = _wait_ids(lab, BACKUP, alice, tag, {first, second}, timeout=30)
+    assert sorted(on_backup) == sorted({first, second})
+
+
+def test_lab_remote_mta_falls_back_to_another_mx_while_an_smtp_in_is_down(whole):
+    lab = whole
+    alice = lab["accounts"][0]
+    down_addresses = set(next(h for h in lab["hosts"] if h["name"] == STOPPED_MX)["addresses"])
+    log = _remote_mta_log()
+    tag = _run_tag("mx-down")
+    refused = f"connect to smtp-in.{STOPPED_MX.split('-')[-1]}.example.com["
+    with common.stopped(STOPPED_MX):
+        # Equal MX preferences: the remote MTA picks among them at random, so mail goes out until
+        # one message met the stopped MX first (at most 15; each misses it with p = 2/3).
+        sent = []
+        for n in range(15):
+            offset = log.stat().st_size
+            sender = f"{tag}-{n}@{internet.REMOTE_DOMAIN}"
+            message_id, text = common.message(sender, alice["address"], "while an smtp-in is down", tag)
+            common.remote_send(sender, alice["address"], text)
+            raw = clients.imap_message(lab, alice, message_id, timeout=60)
+            assert raw is not None, f"message {n} did not arrive within 60 s"
+            sent.append(message_id)
+            entries = log.read_text(errors="replace")[offset:]
+            relays = [line for line in entries.splitlines() if "to=<alice@example.com>" in line and "status=" in line]
+            assert relays and "status=sent" in relays[-1], relays
+            assert not any(f"[{a}]" in relays[-1] for a in down_addresses), relays[-1]
+            if refused in entries:
+                break
+        else:
+            pytest.fail("the remote MTA never tried the stopped MX in 15 messages")
+    assert refused in entries and "Connection refused" in entries
+
+
+def test_lab_burst_during_maildrop_and_mx_failures_loses_and_duplicates_nothing(whole):
+    """500 messages from 20 internet MTAs while the primary maildrop and one smtp-in are down; both
+    come back midway. Every message ends up exactly once in alice's INBOX on both maildrops."""
+    lab = whole
+    alice = lab["accounts"][0]
+    tag = _run_tag("burst")
+    batch = []
+    for n in range(BURST):
+        # A sender per message: no (sender, recipient, network) triple repeats for rspamd's greylist.
+        sender = f"{tag}-{n}@{internet.REMOTE_DOMAIN}"
+        message_id, text = common.message(sender, alice["address"], f"burst {n}", tag)
+        batch.append((message_id, sender, alice["address"], text))
+    want = {m for m, *_ in batch}
+    backup = common.maildrops(lab)[BACKUP]
+    with common.extra_clients(lab, 20) as sources, common.stopped(PRIMARY, STOPPED_MX) as restart:
+        mtas = common.senders(lab, sources, "example.com")
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            sending = pool.submit(common.send_from_many, mtas, batch, 150)
+            # Midway: half the burst taken by the two remaining MXs, some of it on the backup.
+            deadline = time.monotonic() + 90
+            while sum(len(m.accepted) for m in mtas) < BURST // 2 or not common.ids_on(lab, backup, alice, tag):
+                assert not sending.done(), sending.exception()
+                assert time.monotonic() < deadline, "half the burst not taken within 90 s"
+                time.sleep(0.2)
+            restart()
+            sending.result()
+    results = {host: _wait_ids(lab, host, alice, tag, want, timeout=60) for host in (PRIMARY, BACKUP)}
+    for host, ids in results.items():
+        missing, duplicates = want - set(ids), len(ids) - len(set(ids))
+        assert not missing and not duplicates, f"{host}: {len(missing)} missing, {duplicates} duplicated"
