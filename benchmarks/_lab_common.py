@@ -208,8 +208,17 @@ class Sender:
     and retries what no MX took (refused, 4xx, dropped session) after `retry` seconds, as any MTA
     retries deferred mail. Postfix's own retry would wait minutes (minimal_backoff_time 300s)."""
 
-    def __init__(self, status: dict, source: str, mx: list[tuple[int, str, list[str]]], retry: float = 2.0):
+    def __init__(
+        self,
+        status: dict,
+        source: str,
+        mx: list[tuple[int, str, list[str]]],
+        retry: float = 2.0,
+        netns: str | None = None,
+        starttls: bool = True,
+    ):
         self.status, self.source, self.mx, self.retry = status, source, mx, retry
+        self.netns, self.starttls = netns, starttls
         self.session: smtplib.SMTP | None = None
         self.session_host = ""
         self.session_messages = 0
@@ -241,7 +250,9 @@ class Sender:
             try:
                 if self.session is None:
                     endpoint = {"host": address, "port": 25, "name": name}
-                    self.session = clients.smtp(self.status, endpoint, source=self.source)
+                    self.session = clients.smtp(
+                        self.status, endpoint, netns=self.netns, source=self.source, starttls=self.starttls
+                    )
                     self.session_host = name
                 self.session.sendmail(sender, [recipient], text)
                 self.session_messages += 1
@@ -372,6 +383,40 @@ def frontend_login(status: dict, account: dict, timeout: float = 5) -> bool:
     except (imaplib.IMAP4.error, OSError):
         return False
     return True
+
+
+# ---- CPU accounting -----------------------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int, children: bool = True) -> float:
+    """CPU seconds of a process (and of its reaped children: a Postfix or Dovecot master reaps the
+    smtpd, cleanup, lmtp, doveadm ... processes it ran, so their time lands in its cutime/cstime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = [int(f) for f in fields[11:15]]  # utime stime cutime cstime
+    return sum(ticks if children else ticks[:2]) / TICK
+
+
+def cpu_by_daemon(hosts: list[dict]) -> dict[tuple[str, str], float]:
+    """CPU seconds so far of each (host, daemon): its master, the live processes below it and the
+    reaped ones ({"name", "daemons": [{"name", "pid"}]} per host, as in the state file)."""
+    totals: dict[tuple[str, str], float] = {}
+    for entry in hosts:
+        for d in entry["daemons"]:
+            tree = _descendants(d["pid"]) if _alive(d["pid"]) else set()
+            totals[(entry["name"], d["name"])] = sum(_cpu(p) for p in tree)
+    return totals
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot (/proc/stat), to tell how loaded it was."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / TICK, sum(fields) / TICK
 
 
 # ---- benchmarks: a lab to measure on ------------------------------------------------------------
