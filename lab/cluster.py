@@ -16,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import NETNS_PREFIX, STATE_DIR, daemons, dns_server, host_root, internet, network, state, webmail
+from lab import NETNS_PREFIX, STATE_DIR, daemons, dns_server, host_root, hyperscan, internet, network, state, webmail
 from lab.host_root import HostRoot
 from lab.netns import nsenter, pids_in
 from model import Stack, load_stack_file
@@ -133,7 +134,8 @@ def push(host: LabHost, tree: HostTree) -> None:
 
 
 def _parallel(fn, items) -> list:
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    """fn over items, all at once: most of a host's bring-up waits on its commands."""
+    with ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
         return list(pool.map(fn, items))
 
 
@@ -151,21 +153,24 @@ def _start_collector(hosts: list[LabHost]) -> int:
     return process.pid
 
 
-def _start_dns(stack: Stack, keys: KeyMaterial) -> int:
+def _start_dns(stack: Stack, keys: KeyMaterial) -> subprocess.Popen:
     conf = dns_server.write_config(DNS_DIR, dns_server.zones(stack, keys))
     log = open(DNS_DIR / "nsd.log", "ab")  # noqa: SIM115
-    process = subprocess.Popen(
-        [*nsenter(internet.NETNS), *dns_server.command(conf)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 15
+    with log:
+        return subprocess.Popen(
+            [*nsenter(internet.NETNS), *dns_server.command(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_dns(stack: Stack, process: subprocess.Popen, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
     while not dns_server.answers(stack.infra_domain):
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"nsd does not answer, see {log.name}")
+            raise RuntimeError(f"nsd does not answer, see {DNS_DIR / 'nsd.log'}")
         time.sleep(0.1)
-    return process.pid
 
 
 def _start_webmail(stack: Stack, keys: KeyMaterial, host: LabHost, progress: Progress) -> list[dict]:
@@ -199,16 +204,90 @@ def _render(stack: Stack, stack_name: str, keys: KeyMaterial, only: list[str] | 
     return {name: render_host(stack, *every[name], keys) for name in only}
 
 
-def _bring_up_host(stack: Stack, keys: KeyMaterial, host: LabHost, entry: dict, progress: Progress) -> list:
-    """Install the host's trees, then start its daemons (not waiting for them)."""
+class _SharedHyperscan:
+    """rspamd's hyperscan cache, compiled once by the first rspamd host for all (lab.hyperscan):
+    that host is installed first, alone, and compiles right after; the other hosts start their
+    installs then (`started`), and every rspamd host waits for the cache before its rspamd
+    starts. With a single rspamd host there is nothing to share: it compiles as it starts."""
+
+    def __init__(self, stack: Stack, hosts: list[LabHost]) -> None:
+        users = [h.name for h in hosts if "rspamd" in daemon_names(stack, h)]
+        self.compiler = users[0] if len(users) > 1 else None
+        self.compiled: Path | None = None
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self.seconds = 0.0
+        if self.compiler is None:
+            self.started.set()
+        self._thread: threading.Thread | None = None
+
+    def start_compile(self, stack: Stack, host: LabHost) -> None:
+        def run() -> None:
+            started = time.monotonic()
+            try:
+                daemons.prepare(host.root, daemons.DAEMONS["rspamd"])
+                ready = daemons.readiness(stack, host.role, "rspamd")
+                self.compiled = hyperscan.compile(
+                    host.root,
+                    daemons.command(daemons.DAEMONS["rspamd"]),
+                    lambda pid: not daemons.missing(host.netns, pid, ready),
+                )
+            finally:
+                self.seconds = round(time.monotonic() - started, 2)
+                self.done.set()
+
+        self._thread = threading.Thread(target=run, name="hyperscan-compile", daemon=True)
+        self._thread.start()
+        self.started.set()
+
+    def wait_started(self, host: LabHost) -> None:
+        if host.name != self.compiler:
+            self.started.wait()
+
+    def before_rspamd(self, host: LabHost, timeout: float) -> None:
+        if self.compiler is None:
+            return
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"{host.name}: rspamd's hyperscan cache not compiled after {timeout:.0f}s")
+        if self.compiled is not None:
+            hyperscan.share(host.root, self.compiled)
+
+    def release(self) -> None:
+        """Unblock the hosts waiting should the compiling host fail before it compiles."""
+        self.started.set()
+        self.done.set()
+
+
+def _bring_up_host(
+    stack: Stack,
+    keys: KeyMaterial,
+    host: LabHost,
+    entry: dict,
+    cache: _SharedHyperscan,
+    progress: Progress,
+    timeout: float,
+) -> list:
+    """Install the host's trees, then start its daemons (not waiting for them); rspamd last, once
+    the shared hyperscan cache is there."""
+    cache.wait_started(host)
     started = time.monotonic()
-    host_root.write(host.root, provisioning(host, keys))
-    if host.tree is None:
-        return []
-    push(host, host.tree)
+    try:
+        host_root.write(host.root, provisioning(host, keys))
+        if host.tree is None:
+            return []
+        push(host, host.tree)
+        if host.name == cache.compiler:
+            cache.start_compile(stack, host)
+    except BaseException:
+        if host.name == cache.compiler:
+            cache.release()
+        raise
     entry["install_seconds"] = round(time.monotonic() - started, 2)
+    names = daemon_names(stack, host)
     running = []
-    for name in daemon_names(stack, host):
+    for name in [n for n in names if n != "rspamd"] + [n for n in names if n == "rspamd"]:
+        if name == "rspamd":
+            cache.before_rspamd(host, timeout)
         pid = daemons.start(host.root, daemons.DAEMONS[name])
         entry["daemons"].append({"name": name, "pid": pid})
         running.append(daemons.Running(host.name, name, pid, host.netns, daemons.readiness(stack, host.role, name)))
@@ -254,20 +333,27 @@ def up(
     ]
     state.save(record)  # from here on, `down` finds everything
     network.create(topology)
-    for h in hosts:
-        host_root.create(h.root)
+    dns = _start_dns(stack, keys)
+    record["dns_pid"] = dns.pid
+    _parallel(lambda h: host_root.create(h.root), hosts)
     record["collector_pid"] = _start_collector(hosts)
     progress(f"network: {len(topology.namespaces)} namespaces, fabric {topology.fabric} ({lap('network')}s)")
-    record["dns_pid"] = _start_dns(stack, keys)
-    progress(f"dns: nsd on {', '.join(internet.DNS_SERVER)} ({lap('dns')}s)")
     state.save(record)
 
+    cache = _SharedHyperscan(stack, hosts)
     try:
         pairs = list(zip(hosts, record["hosts"], strict=True))
-        running = [r for rs in _parallel(lambda p: _bring_up_host(stack, keys, *p, progress), pairs) for r in rs]
+        per_host = _parallel(lambda p: _bring_up_host(stack, keys, *p, cache, progress, timeout), pairs)
+        running = [r for rs in per_host for r in rs]
     finally:
         state.save(record)
     progress(f"installed every tree with render/push_host.py, started {len(running)} daemons ({lap('started')}s)")
+    if cache.compiler:
+        how = "compiled" if cache.compiled else "NOT compiled (each rspamd compiles its own)"
+        progress(f"rspamd: hyperscan cache {how} once on {cache.compiler} ({cache.seconds}s), shared")
+        record["hyperscan_seconds"] = cache.seconds
+    _wait_dns(stack, dns)
+    progress(f"dns: nsd on {', '.join(internet.DNS_SERVER)} ({lap('dns')}s)")
     ready = daemons.wait_ready(running, timeout)
     record["ready_seconds"] = {f"{host}/{name}": round(t + timings["started"], 2) for (host, name), t in ready.items()}
     lap("up")

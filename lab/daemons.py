@@ -244,8 +244,8 @@ def _check(root: HostRoot, argv: Iterable[str], what: str) -> None:
         raise RuntimeError(f"{root.name}: {what} failed: {(result.stdout + result.stderr).strip()}")
 
 
-def start(root: HostRoot, daemon: Daemon) -> int:
-    """Start one daemon in the host's namespaces; returns its pid (not waiting for readiness)."""
+def prepare(root: HostRoot, daemon: Daemon) -> None:
+    """What the unit does before ExecStart: RuntimeDirectory=, ExecStartPre=."""
     if daemon.runtime_dirs:
         script = " && ".join(
             f"install -d -o {o.split(':')[0]} -g {o.split(':')[1]} -m {m} {p}" for p, o, m in daemon.runtime_dirs
@@ -253,9 +253,20 @@ def start(root: HostRoot, daemon: Daemon) -> int:
         _check(root, ["sh", "-c", script], f"{daemon.name} runtime directories")
     for argv in daemon.prestart:
         _check(root, argv, f"{daemon.name} {argv[0]}")
+
+
+def command(daemon: Daemon) -> list[str]:
+    """ExecStart=, as the unit's User= when it has one."""
     argv = list(daemon.argv)
     if daemon.user:
         argv = ["setpriv", f"--reuid={daemon.user}", f"--regid={daemon.user}", "--init-groups", "--", *argv]
+    return argv
+
+
+def start(root: HostRoot, daemon: Daemon) -> int:
+    """Start one daemon in the host's namespaces; returns its pid (not waiting for readiness)."""
+    prepare(root, daemon)
+    argv = command(daemon)
     log = open(root.logs / f"{daemon.name}.log", "ab")  # noqa: SIM115 (handed to the daemon)
     with log:
         if daemon.pidfile:

@@ -23,9 +23,14 @@ The namespaces persist as bind mounts of their nsfs files (STATE_DIR/ns/<host>.m
 
 from __future__ import annotations
 
+import grp
+import io
 import os
+import pwd
 import shlex
 import subprocess
+import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,15 +166,33 @@ def create(root: HostRoot) -> None:
 
 def write(root: HostRoot, files: dict[str, FileSpec]) -> None:
     """Write files inside the host, as root (the lab's provisioning, not a rendered tree: the
-    push's staging and checks would add nothing). Written from inside, so a directory that
-    exists on this machine keeps its owner and mode in the host's layer."""
-    for path, spec in files.items():
-        script = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1" && chown "$3:$4" "$1"'
-        result = root.run(
-            ["sh", "-c", script, "sh", path, f"{spec.mode:o}", spec.owner, spec.group], input=spec.content
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{root.name}: writing {path} failed: {result.stderr.strip()}")
+    push's staging and checks would add nothing). Written from inside, by one `tar` extracting
+    them all, so a directory that exists on this machine keeps its owner and mode in the host's
+    layer (tar makes missing ones as `mkdir -p` would)."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for path, spec in files.items():
+            data = spec.content.encode()
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(data), spec.mode, int(time.time())
+            info.uname, info.gname = spec.owner, spec.group
+            info.uid, info.gid = _id(pwd.getpwnam, spec.owner), _id(grp.getgrnam, spec.group)
+            tar.addfile(info, io.BytesIO(data))
+    result = subprocess.run(
+        [*root.enter(), "tar", "-x", "-p", "--same-owner", "-C", "/", "-f", "-"],
+        input=archive.getvalue(),
+        capture_output=True,
+        cwd="/",
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{root.name}: writing {', '.join(files)} failed: {result.stderr.decode().strip()}")
+
+
+def _id(lookup, name: str) -> int:
+    try:
+        return lookup(name)[2]
+    except KeyError:
+        return 0
 
 
 def release(root: HostRoot) -> None:
