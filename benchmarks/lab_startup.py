@@ -93,7 +93,13 @@ def cpu_seconds() -> tuple[float, dict[str, float]]:
 
 
 def state_dir_size() -> int:
-    return sum(p.stat().st_size for p in Path(cluster.STATE_DIR).rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes of the lab's tmpfs, a file with several links (rspamd's shared cache) once."""
+    sizes = {}
+    for p in Path(cluster.STATE_DIR).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            sizes[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(sizes.values())
 
 
 def inbound(status: dict) -> float:
@@ -145,6 +151,8 @@ def main() -> int:
     print("  cpu by daemon: " + ", ".join(f"{n} {t:.1f}" for n, t in top_cpu))
     for phase, at in record["timings"].items():
         print(f"  {phase:<24} {at:6.1f} s after start")
+    if "hyperscan_seconds" in record:
+        print(f"  rspamd's hyperscan cache compiled in {record['hyperscan_seconds']:.1f} s (once, shared)")
     slowest = sorted(record["ready_seconds"].items(), key=lambda kv: -kv[1])[:5]
     print("  ready last: " + ", ".join(f"{name} {t:.1f}s" for name, t in slowest))
     hosts = [h for h in record["hosts"] if "install_seconds" in h]

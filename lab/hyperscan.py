@@ -71,7 +71,9 @@ def _run(root: HostRoot, cache: Path, argv: list[str], done: Callable[[int], boo
         stderr=subprocess.DEVNULL,
         env=DAEMON_ENV,
         cwd="/",
-        start_new_session=True,
+        # Its own process group (to kill it whole) in the lab's session: the scheduler's
+        # per-session group then weighs its nice against the lab's other work, not the machine's.
+        process_group=0,
     )
     finished = False
     while process.poll() is None and time.monotonic() < deadline and not finished:
