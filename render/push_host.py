@@ -113,8 +113,9 @@ def _mirror(live: Path, copy: Path) -> None:
     staged files and whatever the checks write there (postmap's .db) never reach the live dir."""
     st = live.stat()
     copy.mkdir()
-    os.chmod(copy, st.st_mode & 0o7777)
+    # Owner first: a chown clears set-id bits the mode then restores.
     os.chown(copy, st.st_uid, st.st_gid)
+    os.chmod(copy, st.st_mode & 0o7777)
     with os.scandir(live) as entries:
         for entry in entries:
             target = copy / entry.name
@@ -124,9 +125,10 @@ def _mirror(live: Path, copy: Path) -> None:
                 target.mkdir()
                 _bind(entry.path, target)
             elif entry.is_file():
-                shutil.copy2(entry.path, target)
+                shutil.copyfile(entry.path, target)
                 est = entry.stat()
                 os.chown(target, est.st_uid, est.st_gid)
+                shutil.copystat(entry.path, target)
             else:
                 target.touch()
                 _bind(entry.path, target)
