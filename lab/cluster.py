@@ -1,8 +1,10 @@
 """up / down / status: the lab as a whole.
 
 `up` renders the stack once (render.render_stack with throwaway keys), builds the network, gives
-every host its filesystem (lab.host_root), installs the host's tree there with the production
-push script, serves the zones, starts the daemons and waits until each listens. `down` removes
+every host its filesystem (lab.host_root), serves the zones, and brings every host up at once:
+installs its tree with the production push script, then starts its daemons; it waits until each
+listens. The first rspamd host is installed ahead of the others and compiles rspamd's hyperscan
+cache for all of them (lab.hyperscan) while they install; each rspamd starts last, from it. `down` removes
 everything `up` created, found from the state file and, should that be lost, from the names
 (namespaces `mlab-*`, mounts under STATE_DIR) alone.
 """
