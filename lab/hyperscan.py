@@ -57,7 +57,9 @@ def compile(root: HostRoot, argv: list[str], ready: Callable[[int], bool], timeo
     deadline = time.monotonic() + timeout
     if not _run(root, cache, argv, ready, deadline):
         return None
-    _run(root, cache, argv, lambda _: _loaded(cache), min(deadline, time.monotonic() + 10))
+    # Nothing compiled (a CPU hyperscan does not run on): nothing to load either.
+    if _compiled(cache):
+        _run(root, cache, argv, lambda _: _loaded(cache), min(deadline, time.monotonic() + 10))
     return cache
 
 
@@ -87,24 +89,29 @@ def _run(root: HostRoot, cache: Path, argv: list[str], done: Callable[[int], boo
     return finished
 
 
+def _compiled(cache: Path) -> list[Path]:
+    return [f for pattern in COMPILED for f in cache.glob(pattern)]
+
+
 def _loaded(cache: Path) -> bool:
-    compiled = [f for pattern in COMPILED for f in cache.glob(pattern)]
-    return bool(compiled) and all(f.with_name(f"{f.name}.unser").exists() for f in compiled)
+    return all(f.with_name(f"{f.name}.unser").exists() for f in _compiled(cache))
 
 
 def share(root: HostRoot, compiled: Path) -> int:
     """Give the host the compiled files before its rspamd starts: hard links in its own lab
     directory (one copy on the lab's tmpfs, one in the page cache), symlinks to them in
-    /var/lib/rspamd. Returns how many. Files rspamd writes itself (the .unser copy it maps, the
-    regexp classes) are the host's own."""
+    /var/lib/rspamd. Returns how many. Files rspamd writes itself (the regexp classes, a
+    multipattern it saves again) are the host's own."""
     own = shared_dir(root)
     files = sorted(f for pattern in PATTERNS for f in compiled.glob(pattern))
     if own != compiled:
         own.mkdir(mode=0o755, exist_ok=True)
         for f in files:
             os.link(f, own / f.name)
-    links = " ".join(f'"$1"/{pattern}' for pattern in PATTERNS)
-    result = root.run(["sh", "-c", f"ln -sf {links} {CACHE_DIR}/", "sh", str(own)], env=DAEMON_ENV)
-    if result.returncode != 0:
-        raise RuntimeError(f"{root.name}: sharing the hyperscan cache failed: {result.stderr.strip()}")
+    if files:
+        # The host's lab directory is at the same path inside it (lab.host_root).
+        links = [str(own / f.name) for f in files]
+        result = root.run(["ln", "-sf", "-t", CACHE_DIR, "--", *links], env=DAEMON_ENV)
+        if result.returncode != 0:
+            raise RuntimeError(f"{root.name}: sharing the hyperscan cache failed: {result.stderr.strip()}")
     return len(files)
