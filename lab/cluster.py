@@ -213,8 +213,8 @@ class _SharedHyperscan:
     starts. With a single rspamd host there is nothing to share: it compiles as it starts."""
 
     def __init__(self, stack: Stack, hosts: list[LabHost]) -> None:
-        users = [h.name for h in hosts if "rspamd" in daemon_names(stack, h)]
-        self.compiler = users[0] if len(users) > 1 else None
+        self.users = [h.name for h in hosts if "rspamd" in daemon_names(stack, h)]
+        self.compiler = self.users[0] if len(self.users) > 1 else None
         self.compiled: Path | None = None
         self.started = threading.Event()
         self.done = threading.Event()
@@ -253,6 +253,10 @@ class _SharedHyperscan:
             raise TimeoutError(f"{host.name}: rspamd's hyperscan cache not compiled after {timeout:.0f}s")
         if self.compiled is not None:
             hyperscan.share(host.root, self.compiled)
+
+    def tidy(self, hosts: list[LabHost]) -> None:
+        if self.compiled is not None:
+            hyperscan.tidy(self.compiled, [h.root for h in hosts if h.name in self.users])
 
     def release(self) -> None:
         """Unblock the hosts waiting should the compiling host fail before it compiles."""
@@ -357,6 +361,7 @@ def up(
     _wait_dns(stack, dns)
     progress(f"dns: nsd on {', '.join(internet.DNS_SERVER)} ({lap('dns')}s)")
     ready = daemons.wait_ready(running, timeout)
+    cache.tidy(hosts)
     record["ready_seconds"] = {f"{host}/{name}": round(t + timings["started"], 2) for (host, name), t in ready.items()}
     lap("up")
     record.update(phase="up", up_seconds=timings["up"], timings=timings)

@@ -115,3 +115,18 @@ def share(root: HostRoot, compiled: Path) -> int:
         if result.returncode != 0:
             raise RuntimeError(f"{root.name}: sharing the hyperscan cache failed: {result.stderr.strip()}")
     return len(files)
+
+
+def tidy(compiled: Path, roots: list[HostRoot]) -> int:
+    """Once every rspamd runs: drop the shared copies rspamd 3.4 does not keep using. It saves
+    each multipattern (*.hsmp) again after loading it, over the symlink, so every host has its
+    own; the shared one is only kept while some host still links to it. The .unser copies the
+    processes map stay. Returns the bytes freed on the lab's tmpfs."""
+    freed = 0
+    for f in compiled.glob("*.hsmp"):
+        if any(r.outside(f"{CACHE_DIR}/{f.name}").is_symlink() for r in roots):
+            continue
+        freed += f.stat().st_size
+        for r in roots:
+            (shared_dir(r) / f.name).unlink(missing_ok=True)
+    return freed
