@@ -4,9 +4,9 @@
 every host its filesystem (lab.host_root), serves the zones, and brings every host up at once:
 installs its tree with the production push script, then starts its daemons; it waits until each
 listens. The first rspamd host is installed ahead of the others and compiles rspamd's hyperscan
-cache for all of them (lab.hyperscan) while they install; each rspamd starts last, from it. `down` removes
-everything `up` created, found from the state file and, should that be lost, from the names
-(namespaces `mlab-*`, mounts under STATE_DIR) alone.
+cache for all of them (lab.hyperscan) while they install; each rspamd starts last, from it.
+`down` removes everything `up` created, found from the state file and, should that be lost, from
+the names (namespaces `mlab-*`, mounts under STATE_DIR) alone.
 """
 
 from __future__ import annotations
@@ -221,7 +221,6 @@ class _SharedHyperscan:
         self.seconds = 0.0
         if self.compiler is None:
             self.started.set()
-        self._thread: threading.Thread | None = None
 
     def start_compile(self, stack: Stack, host: LabHost) -> None:
         def run() -> None:
@@ -238,8 +237,7 @@ class _SharedHyperscan:
                 self.seconds = round(time.monotonic() - started, 2)
                 self.done.set()
 
-        self._thread = threading.Thread(target=run, name="hyperscan-compile", daemon=True)
-        self._thread.start()
+        threading.Thread(target=run, name="hyperscan-compile", daemon=True).start()
         self.started.set()
 
     def wait_started(self, host: LabHost) -> None:
