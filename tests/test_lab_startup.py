@@ -14,7 +14,8 @@ pytestmark = pytest.mark.lab
 
 
 def _rspamd_mains(lab: dict) -> dict[str, int]:
-    return {h["name"]: d["pid"] for h in lab["hosts"] for d in h["daemons"] if d["name"] == "rspamd"}
+    # The lab's state now, not the fixture's snapshot: failover tests restart daemons (new pids).
+    return {h["name"]: d["pid"] for h in cluster.status()["hosts"] for d in h["daemons"] if d["name"] == "rspamd"}
 
 
 def _mapped_cache_files(pid: int) -> set[tuple[str, int]]:
