@@ -195,6 +195,9 @@ def test_lab_down_removes_every_namespace_mount_and_process(lab):
     if not lab["started_here"]:
         pytest.skip("the lab was running before the tests: left up")
     cluster.save_logs(ARTIFACTS)
+    # Every daemon running now (failover tests restart some: not the fixture's first pids).
+    daemon_pids = [d["pid"] for h in cluster.status()["hosts"] for d in h["daemons"]]
+    assert daemon_pids
     result = subprocess.run(
         [sys.executable, "-m", "lab", "down"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
@@ -203,7 +206,6 @@ def test_lab_down_removes_every_namespace_mount_and_process(lab):
     mount_points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
     assert not [m for m in mount_points if m == str(STATE_DIR) or m.startswith(f"{STATE_DIR}/")]
     assert not STATE_DIR.exists()
-    daemon_pids = [d["pid"] for h in lab["hosts"] for d in h["daemons"]]
     assert not [p for p in daemon_pids if Path(f"/proc/{p}").exists() and b"Z" not in _state(p)]
 
 
