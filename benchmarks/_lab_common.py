@@ -1,11 +1,5 @@
-"""What the failover tests and the lab benchmarks share: stopping and restarting one host's daemons
-(and keeping the lab's state file true), sending from the remote MTA, reading a maildrop over IMAP.
-
-lab.daemons starts and stops one daemon; lab.cluster starts and stops the whole lab. Between the
-two there is no "stop this host, start it again" and no way to tell the state file about a daemon's
-new pid, so this module does both with what lab exposes (daemons.start/stop/wait_ready,
-state.load/save): after `restart`, `lab status` and the `lab` fixture see the lab whole again.
-"""
+"""What the failover tests and the lab benchmarks share: one host down and up (lab.hosts), sending
+from the remote MTA and from many internet MTAs, reading a maildrop over IMAP, CPU accounting."""
 
 from __future__ import annotations
 
@@ -20,126 +14,23 @@ import socket
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import clients, cluster, daemons, internet, state
-from lab.host_root import DAEMON_ENV, HostRoot
+from lab import clients, cluster, internet
+from lab import hosts as lab_hosts
+from lab.host_root import DAEMON_ENV
 from lab.netns import in_netns
 from model import load_stack_file
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
-# ---- one host's daemons -------------------------------------------------------------------------
+# ---- one host's daemons: lab.hosts (re-exported for the scripts and tests that use them) -------
 
-
-def _host_entry(record: dict, host: str) -> dict:
-    return next(h for h in record["hosts"] if h["name"] == host)
-
-
-def _descendants(pid: int) -> set[int]:
-    """pid and every process below it (read before a stop: orphans lose their parent link)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        if p not in found:
-            found.add(p)
-            todo += children.get(p, [])
-    return found
-
-
-def _alive(pid: int) -> bool:
-    return daemons.Running("", "", pid, "").alive()
-
-
-def stop(host: str, names: Iterable[str] | None = None, timeout: float = 30) -> list[str]:
-    """Stop the host's daemons (all, or `names`) in reverse start order, as its unit's ExecStop or
-    SIGTERM does, and wait until every process of each daemon is gone. Returns what it stopped."""
-    record = state.load()
-    entry = _host_entry(record, host)
-    root = HostRoot(entry["name"], entry["netns"], entry["name"])
-    wanted = set(names) if names is not None else {d["name"] for d in entry["daemons"]}
-    stopped = []
-    for d in reversed(entry["daemons"]):
-        if d["name"] not in wanted or not _alive(d["pid"]):
-            continue
-        tree = _descendants(d["pid"])
-        daemons.stop(root, daemons.DAEMONS[d["name"]], d["pid"])
-        deadline = time.monotonic() + timeout
-        while any(_alive(p) for p in tree):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{host}/{d['name']}: still running {timeout:.0f}s after the stop")
-            time.sleep(0.05)
-        stopped.append(d["name"])
-    return stopped
-
-
-def start(host: str, names: Iterable[str] | None = None, timeout: float = 120) -> dict[str, int]:
-    """Start the host's stopped daemons (all, or `names`) in start order, wait until each listens
-    where the stack model says, and write their new pids to the state file."""
-    record = state.load()
-    entry = _host_entry(record, host)
-    stack = load_stack_file(record["stack"])
-    root = HostRoot(entry["name"], entry["netns"], entry["name"])
-    wanted = set(names) if names is not None else {d["name"] for d in entry["daemons"]}
-    started: dict[str, int] = {}
-    for d in entry["daemons"]:
-        if d["name"] not in wanted or _alive(d["pid"]):
-            continue
-        pid = daemons.start(root, daemons.DAEMONS[d["name"]])
-        ready = daemons.readiness(stack, entry["role"], d["name"])
-        daemons.wait_ready([daemons.Running(host, d["name"], pid, entry["netns"], ready)], timeout)
-        d["pid"] = started[d["name"]] = pid
-    record = state.load()  # written by nobody else meanwhile; re-read to change only these pids
-    for d in _host_entry(record, host)["daemons"]:
-        d["pid"] = started.get(d["name"], d["pid"])
-    state.save(record)
-    return started
-
-
-def restore_whole(timeout: float = 120) -> list[str]:
-    """Start every daemon of the lab that is not running (what a failed test may leave behind)."""
-    restarted = []
-    for entry in (state.load() or {"hosts": []})["hosts"]:
-        if entry["role"] == "webmail":
-            continue  # lab.webmail's own processes; no test here stops them
-        dead = [d["name"] for d in entry["daemons"] if not _alive(d["pid"])]
-        if dead:
-            start(entry["name"], dead, timeout)
-            restarted += [f"{entry['name']}/{n}" for n in dead]
-    return restarted
-
-
-@contextlib.contextmanager
-def stopped(*hosts: str) -> Iterator[Callable[[], None]]:
-    """Hosts down for the block (every daemon); started again at its end, even on failure. The
-    block may restart them earlier by calling what it is given."""
-    done = []
-
-    def restart() -> None:
-        if not done:
-            done.append(True)
-            for host in hosts:
-                start(host)
-
-    try:
-        for host in hosts:
-            stop(host)
-        yield restart
-    finally:
-        restart()
+stop, start, stopped, restore_whole = lab_hosts.stop, lab_hosts.start, lab_hosts.stopped, lab_hosts.restore_whole
 
 
 # ---- mail ---------------------------------------------------------------------------------------
@@ -407,7 +298,7 @@ def cpu_by_daemon(hosts: list[dict]) -> dict[tuple[str, str], float]:
     totals: dict[tuple[str, str], float] = {}
     for entry in hosts:
         for d in entry["daemons"]:
-            tree = _descendants(d["pid"]) if _alive(d["pid"]) else set()
+            tree = lab_hosts.descendants(d["pid"]) if lab_hosts.alive(d["pid"]) else set()
             totals[(entry["name"], d["name"])] = sum(_cpu(p) for p in tree)
     return totals
 

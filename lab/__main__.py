@@ -1,4 +1,4 @@
-"""python3 -m lab up|down|status [--json]: the lab cluster on this machine (see lab/__init__.py)."""
+"""python3 -m lab up|down|status [--json]|stop HOST|start HOST: the lab cluster on this machine."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from lab import cluster
+from lab import cluster, hosts
 
 
 def _daemon(d: dict) -> str:
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop every lab process, remove every namespace, mount and file")
     st = sub.add_parser("status", help="hosts, endpoints and accounts of the running lab")
     st.add_argument("--json", action="store_true")
+    for verb, text in (("stop", "stop every daemon of one host (try a failover)"), ("start", "start them again")):
+        sub.add_parser(verb, help=text).add_argument("host", help="a host of the running lab, e.g. maildrop0-chbtl0")
     args = parser.parse_args(argv)
 
     if args.command == "up":
@@ -57,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         _print_status(status)
     elif args.command == "down":
         cluster.down()
+    elif args.command in ("stop", "start"):
+        try:
+            done = hosts.stop(args.host) if args.command == "stop" else list(hosts.start(args.host))
+        except (StopIteration, TypeError):
+            print(f"no host {args.host!r} in a running lab (python3 -m lab status)", file=sys.stderr)
+            return 1
+        print(f"{args.host}: {args.command}ed {' '.join(done) or 'nothing (already so)'}")
     else:
         status = cluster.status()
         if args.json:

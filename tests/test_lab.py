@@ -169,6 +169,28 @@ def test_lab_refuses_a_tree_that_fails_its_check_and_keeps_the_running_config(la
 
 
 @needs_lab
+def test_lab_stop_and_start_take_one_host_down_and_back(lab):
+    """`python -m lab stop|start HOST`: how an operator tries a failover before `pulumi up`."""
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lab", *argv], cwd=ROOT, capture_output=True, text=True)
+
+    def alive() -> list[bool]:
+        host = next(h for h in cluster.status()["hosts"] if h["name"] == "nginx0-nlams2")
+        return [d["alive"] for d in host["daemons"]]
+
+    assert run("stop", "nginx0-nlams2").returncode == 0
+    try:
+        assert alive() and not any(alive())
+        assert cluster.status()["up"] is False
+    finally:
+        started = run("start", "nginx0-nlams2")
+    assert started.returncode == 0, started.stderr
+    assert all(alive()) and cluster.status()["up"] is True
+    assert run("stop", "no-such-host").returncode == 1
+
+
+@needs_lab
 def test_lab_namespaces_route_only_documentation_prefixes(lab):
     for netns in network.existing():
         routes = subprocess.run(

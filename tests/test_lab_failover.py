@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks import _lab_common as common
 from lab import clients, cluster, internet
+from lab import hosts as lab_hosts
 
 pytestmark = pytest.mark.lab
 
@@ -29,9 +30,9 @@ BURST = 500
 @pytest.fixture
 def whole(lab):
     """The lab with every daemon running, before and after the test."""
-    common.restore_whole()
+    lab_hosts.restore_whole()
     yield lab
-    common.restore_whole()
+    lab_hosts.restore_whole()
 
 
 def _run_tag(name: str) -> str:
@@ -57,7 +58,7 @@ def test_lab_primary_maildrop_down_imap_and_inbound_mail_fail_over_to_the_backup
     lab = whole
     alice = lab["accounts"][0]
     tag = _run_tag("maildrop-down")
-    with common.stopped(PRIMARY) as restart:
+    with lab_hosts.stopped(PRIMARY) as restart:
         assert common.frontend_login(lab, alice), "no IMAPS login through the frontend with the primary down"
         # Through the real MX path: smtp-in resolves maildrop.example.com MX 10 (down), then MX 20.
         sender = f"{tag}@{internet.REMOTE_DOMAIN}"
@@ -94,7 +95,7 @@ def test_lab_remote_mta_falls_back_to_another_mx_while_an_smtp_in_is_down(whole)
     log = _remote_mta_log()
     tag = _run_tag("mx-down")
     refused = f"connect to smtp-in.{STOPPED_MX.split('-')[-1]}.example.com["
-    with common.stopped(STOPPED_MX):
+    with lab_hosts.stopped(STOPPED_MX):
         # Equal MX preferences: the remote MTA picks among them at random, so mail goes out until
         # one message met the stopped MX first (at most 15; each misses it with p = 2/3).
         sent = []
@@ -131,7 +132,7 @@ def test_lab_burst_during_maildrop_and_mx_failures_loses_and_duplicates_nothing(
         batch.append((message_id, sender, alice["address"], text))
     want = {m for m, *_ in batch}
     backup = common.maildrops(lab)[BACKUP]
-    with common.extra_clients(lab, 20) as sources, common.stopped(PRIMARY, STOPPED_MX) as restart:
+    with common.extra_clients(lab, 20) as sources, lab_hosts.stopped(PRIMARY, STOPPED_MX) as restart:
         mtas = common.senders(lab, sources, "example.com")
         with ThreadPoolExecutor(max_workers=1) as pool:
             sending = pool.submit(common.send_from_many, mtas, batch, 150)
