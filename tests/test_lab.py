@@ -11,12 +11,12 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
+from lab_mailflow_helpers import message as new_message
 
 from lab import NETNS_PREFIX, STATE_DIR, clients, cluster, daemons, dns_server, internet, network, state
 from render import render_host
@@ -27,15 +27,6 @@ ARTIFACTS = ROOT / "artifacts" / "lab-logs"
 
 def needs_lab(test):
     return pytest.mark.lab(test)
-
-
-def _message(sender: str, recipient: str, subject: str) -> tuple[str, str]:
-    message_id = f"<{subject.replace(' ', '-')}-{time.time_ns()}@{sender.split('@')[1]}>"
-    text = (
-        f"From: {sender}\r\nTo: {recipient}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n"
-        f"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n\r\n{subject}: {message_id}\r\n"
-    )
-    return message_id, text
 
 
 # ---- the plan, without running anything ---------------------------------------------------------
@@ -115,7 +106,7 @@ def test_lab_up_twice_changes_nothing(lab):
 @needs_lab
 def test_lab_mail_from_the_internet_reaches_alice_over_imaps_through_the_frontend(lab):
     alice = lab["accounts"][0]
-    message_id, text = _message(f"dave@{internet.REMOTE_DOMAIN}", alice["address"], "inbound")
+    message_id, text = new_message(f"dave@{internet.REMOTE_DOMAIN}", alice["address"], "inbound")
     client = clients.smtp(lab, lab["endpoints"]["mx"][1])
     try:
         client.sendmail(f"dave@{internet.REMOTE_DOMAIN}", [alice["address"]], text)
@@ -130,7 +121,7 @@ def test_lab_mail_from_the_internet_reaches_alice_over_imaps_through_the_fronten
 def test_lab_submission_through_the_frontend_reaches_the_remote_mta_dkim_signed(lab):
     alice = lab["accounts"][0]
     recipient = f"eve@{internet.REMOTE_DOMAIN}"
-    message_id, text = _message(alice["address"], recipient, "outbound")
+    message_id, text = new_message(alice["address"], recipient, "outbound")
     with clients.submission(lab, alice) as client:
         client.sendmail(alice["address"], [recipient], text)
     message = clients.remote_message(lab, recipient, message_id)
