@@ -49,6 +49,18 @@ def run_push(tree: HostTree, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def with_content(tree: HostTree, path: str, content: str) -> HostTree:
+    """The tree with one file's content replaced (e.g. broken on purpose)."""
+    import dataclasses
+
+    return dataclasses.replace(tree, files={**tree.files, path: dataclasses.replace(tree.files[path], content=content)})
+
+
+def check_with_content(tree: HostTree, path: str, content: str) -> subprocess.CompletedProcess:
+    """The push script's checks of the tree with one file replaced."""
+    return run_push(with_content(tree, path, content), "--check-only")
+
+
 def assert_checks_pass(tree: HostTree) -> None:
     """Every checker of the tree, against its staged files (the push script's own check step)."""
     result = run_push(tree, "--check-only")

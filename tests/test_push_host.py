@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_push
+from conftest import run_push, with_content
 
 from render import render_host
 from render.tree import FileSpec, HostTree
@@ -18,12 +18,6 @@ pytestmark = pytest.mark.checkers
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def _with_file(tree: HostTree, path: str, **changes) -> HostTree:
-    files = dict(tree.files)
-    files[path] = dataclasses.replace(files[path], **changes)
-    return dataclasses.replace(tree, files=files)
 
 
 @pytest.fixture
@@ -74,7 +68,7 @@ def test_push_reloads_exactly_the_services_of_the_changed_files(stacks, keys, sm
     content = main_cf.content.replace(
         "smtpd_client_connection_count_limit = 4\n", "smtpd_client_connection_count_limit = 5\n"
     )
-    tuned = _with_file(changed, "/etc/postfix/main.cf", content=content)
+    tuned = with_content(changed, "/etc/postfix/main.cf", content)
     assert _push(tuned, tmp_path) == {"changed": ["/etc/postfix/main.cf"], "reload": list(main_cf.reload)}
 
 
@@ -82,9 +76,7 @@ def test_tree_that_fails_its_check_is_refused_and_old_files_stay_byte_for_byte(s
     _push(smtp_in, tmp_path)
     before = _snapshot(tmp_path)
     main_cf = smtp_in.files["/etc/postfix/main.cf"]
-    broken = _with_file(
-        smtp_in, "/etc/postfix/main.cf", content=main_cf.content + "smtpd_tls_securty_level = encrypt\n"
-    )
+    broken = with_content(smtp_in, "/etc/postfix/main.cf", main_cf.content + "smtpd_tls_securty_level = encrypt\n")
     result = run_push(broken, "--root", str(tmp_path), "--no-reload")
     assert result.returncode == 1
     assert "refused, nothing installed" in result.stderr

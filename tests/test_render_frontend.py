@@ -8,7 +8,7 @@ from dataclasses import replace
 from ipaddress import ip_address, ip_network
 
 import pytest
-from conftest import assert_checks_pass, run_push
+from conftest import assert_checks_pass, check_with_content, run_push
 
 from render import render_host
 from render.frontend import MTA_STS_POLICY, STREAM_CONF, WEBMAIL_ALLOW, WEBMAIL_CONF
@@ -197,15 +197,11 @@ def test_config_changes_reload_nginx(frontends):
     assert all(tree.files[p].reload == ("nginx",) for p in (STREAM_CONF, WEBMAIL_CONF, WEBMAIL_ALLOW))
 
 
-def edited(tree: HostTree, path: str, content: str) -> HostTree:
-    return replace(tree, files={**tree.files, path: replace(tree.files[path], content=content)})
-
-
 @pytest.mark.checkers
 def test_a_broken_stream_config_fails_with_nginx_message(frontends):
     tree = next(iter(frontends["lab"].values()))
     content = tree.files[STREAM_CONF].content.replace("proxy_pass smtp_out;", "proxy_pas smtp_out;")
-    result = run_push(edited(tree, STREAM_CONF, content), "--check-only")
+    result = check_with_content(tree, STREAM_CONF, content)
     assert result.returncode == 1
     assert 'unknown directive "proxy_pas"' in result.stderr
     assert STREAM_CONF in result.stderr
@@ -217,6 +213,6 @@ def test_an_nginx_warning_fails_the_check(stacks, frontends):
     # A second server with the same name on port 80: NGINX ignores it, says "[warn]" and exits 0.
     name = stacks["lab"].service_name("webmail")
     content = tree.files[WEBMAIL_CONF].content + f"server {{\n    listen 80;\n    server_name {name};\n}}\n"
-    result = run_push(edited(tree, WEBMAIL_CONF, content), "--check-only")
+    result = check_with_content(tree, WEBMAIL_CONF, content)
     assert result.returncode == 1
     assert "[warn]" in result.stderr and "conflicting server name" in result.stderr

@@ -9,7 +9,7 @@ from dataclasses import replace
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import assert_checks_pass, run_push
+from conftest import assert_checks_pass, check_with_content
 
 from render import render_host
 from render.relay_client import SECRETS, SMTPD_CONF, UNIT_DROP_IN
@@ -28,10 +28,6 @@ def relay_trees(stacks, keys) -> dict[str, dict[str, HostTree]]:
 def directives(content: str) -> list[list[str]]:
     """smtpd.conf as words per line (quotes removed), comments and blank lines left out."""
     return [shlex.split(line) for line in content.splitlines() if line.strip() and not line.startswith("#")]
-
-
-def edited(tree: HostTree, path: str, content: str) -> HostTree:
-    return replace(tree, files={**tree.files, path: replace(tree.files[path], content=content)})
 
 
 @pytest.mark.checkers
@@ -96,7 +92,7 @@ def test_a_password_with_whitespace_is_refused(stacks, keys):
 def test_a_broken_config_fails_with_the_smtpd_message(relay_trees):
     tree = next(iter(relay_trees["lab"].values()))
     content = tree.files[SMTPD_CONF].content.replace("auth <secrets>", "auth <secret>")
-    result = run_push(edited(tree, SMTPD_CONF, content), "--check-only")
+    result = check_with_content(tree, SMTPD_CONF, content)
     assert result.returncode == 1
     assert "no such table: secret" in result.stderr
 
@@ -105,6 +101,6 @@ def test_a_broken_config_fails_with_the_smtpd_message(relay_trees):
 def test_a_secrets_file_without_credentials_fails_the_check(relay_trees):
     tree = next(iter(relay_trees["lab"].values()))
     # One word per line makes a list table, which smtpd refuses for `auth`.
-    result = run_push(edited(tree, SECRETS, "cron\n"), "--check-only")
+    result = check_with_content(tree, SECRETS, "cron\n")
     assert result.returncode == 1
     assert 'table "secrets" may not be used for auth lookups' in result.stderr

@@ -6,11 +6,10 @@ from __future__ import annotations
 import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import assert_checks_pass, run_push
+from conftest import assert_checks_pass, check_with_content
 from postfix_tools import postconf, settings, stage
 
 from render.maildrop import rspamd_controller_password
@@ -69,8 +68,7 @@ def test_every_smtp_in_passes_postfix_postmap_rspamd_and_unbound_checks(trees, s
 )
 def test_a_broken_smtp_in_file_is_refused_by_its_checker(trees, path, breakage, message):
     tree = smtp_ins(trees, "lab")[0]
-    files = {**tree.files, path: replace(tree.files[path], content=breakage)}
-    result = run_push(replace(tree, files=files), "--check-only")
+    result = check_with_content(tree, path, breakage)
     assert result.returncode == 1
     assert f"check '{message}' failed" in result.stderr
 

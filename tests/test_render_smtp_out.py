@@ -6,11 +6,10 @@ from __future__ import annotations
 import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import assert_checks_pass, run_push
+from conftest import assert_checks_pass, check_with_content
 from postfix_tools import postconf, settings, stage
 
 from render.names import tls_key_path
@@ -66,8 +65,7 @@ def test_every_smtp_out_passes_postfix_doveconf_opendkim_rspamd_and_unbound_chec
 )
 def test_a_broken_smtp_out_file_is_refused_by_its_checker(trees, path, breakage, message):
     tree = smtp_outs(trees, "lab")[0]
-    files = {**tree.files, path: replace(tree.files[path], content=breakage)}
-    result = run_push(replace(tree, files=files), "--check-only")
+    result = check_with_content(tree, path, breakage)
     assert result.returncode == 1
     assert f"check '{message}' failed" in result.stderr
 

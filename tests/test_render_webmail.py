@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import assert_checks_pass, run_push
+from conftest import assert_checks_pass, check_with_content
 
 from render import render_host
 from render.tree import HostTree
@@ -47,10 +47,6 @@ def php_config(content: str, tmp_path: Path) -> dict:
     # Nothing may be printed before `<?php`: Roundcube would send it ahead of its HTTP headers.
     assert result.stdout.startswith("{"), result.stdout
     return json.loads(result.stdout)
-
-
-def edited(tree: HostTree, path: str, content: str) -> HostTree:
-    return replace(tree, files={**tree.files, path: replace(tree.files[path], content=content)})
 
 
 @pytest.mark.checkers
@@ -129,7 +125,7 @@ def test_changes_bring_the_compose_project_up(webmail_trees):
 def test_a_broken_compose_file_fails_with_the_schema_message(webmail_trees):
     tree = webmail_trees["lab"]
     content = tree.files[COMPOSE_FILE].content.replace("    ports:", "    portz:")
-    result = run_push(edited(tree, COMPOSE_FILE, content), "--check-only")
+    result = check_with_content(tree, COMPOSE_FILE, content)
     assert result.returncode == 1
     assert "'portz' was unexpected" in result.stderr
 
@@ -138,6 +134,6 @@ def test_a_broken_compose_file_fails_with_the_schema_message(webmail_trees):
 def test_a_broken_php_config_fails_with_the_php_message(webmail_trees):
     tree = webmail_trees["lab"]
     content = tree.files[CUSTOM_CONFIG].content.replace("= 'stdout';", "= 'stdout'")
-    result = run_push(edited(tree, CUSTOM_CONFIG, content), "--check-only")
+    result = check_with_content(tree, CUSTOM_CONFIG, content)
     assert result.returncode == 1
     assert "PHP Parse error" in result.stderr and CUSTOM_CONFIG in result.stderr
