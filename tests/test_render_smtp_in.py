@@ -154,6 +154,16 @@ def test_smtp_in_relays_for_its_own_domains_only(staged, stacks, stack_name):
     assert lookup(staged, "virtual-domains", "example.invalid") is None
 
 
+def test_the_hop_to_the_maildrops_keeps_its_tls_connections(staged, stacks, stack_name):
+    # One TLS handshake per connection, not per message: the cache is on for the maildrops' name
+    # and TLS connections go through tlsproxy, which master.cf must run.
+    assert settings(staged, "-x", "smtp_connection_cache_destinations", "smtp_tls_connection_reuse") == {
+        "smtp_connection_cache_destinations": stacks[stack_name].service_name("maildrop"),
+        "smtp_tls_connection_reuse": "yes",
+    }
+    assert postconf(staged, "-M", "tlsproxy/unix").split()[-1] == "tlsproxy"
+
+
 # ---- virtual aliases ------------------------------------------------------------------------
 
 # (alias, what virtual_alias_maps gives) per stack: mailbox -> maildrop name, addresses kept,
