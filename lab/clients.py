@@ -27,10 +27,31 @@ from lab import internet
 from lab.netns import in_netns
 
 T = TypeVar("T")
+S = TypeVar("S", bound=smtplib.SMTP)
+
+# Postfix's anvil counts connections per client in windows of anvil_rate_time_unit (60 s).
+RATE_LIMIT_WAIT = 75
 
 
 def tls_context(status: dict) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=status["ca_file"])
+
+
+def connect_patiently(netns: str, connect: Callable[[], S]) -> S:
+    """connect() in `netns`, again while smtp-in answers `421 too many connections`.
+
+    smtp-in lets one client address open 10 connections a minute (the case study's
+    smtpd_client_connection_rate_limit): like an MTA, wait for that minute to pass, so that
+    many tests may share one client address."""
+    deadline = time.monotonic() + RATE_LIMIT_WAIT
+    while True:
+        try:
+            with in_netns(netns):
+                return connect()
+        except smtplib.SMTPConnectError as e:
+            if e.smtp_code != 421 or b"too many connections" not in e.smtp_error or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def smtp(
@@ -38,14 +59,16 @@ def smtp(
 ) -> smtplib.SMTP:
     """An SMTP session to endpoint {"host", "port", "name"}, after STARTTLS unless told otherwise;
     `source` picks the client address (lab.internet: allowed, other or DNSBL-listed client)."""
-    with in_netns(netns or status["client_netns"]):
-        client = smtplib.SMTP(
+    client = connect_patiently(
+        netns or status["client_netns"],
+        lambda: smtplib.SMTP(
             endpoint["host"],
             endpoint["port"],
             local_hostname=f"client.{internet.REMOTE_DOMAIN}",
             source_address=(source, 0) if source else None,
             timeout=30,
-        )
+        ),
+    )
     client._host = endpoint["name"]  # the name STARTTLS checks the certificate against
     if starttls:
         client.ehlo()

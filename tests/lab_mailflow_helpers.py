@@ -57,10 +57,10 @@ class _SMTPS(smtplib.SMTP_SSL):
 def mx_session(status: dict, endpoint: dict, source: str | None = None) -> Iterator[smtplib.SMTP]:
     """An SMTP session from the internet to an smtp-in: STARTTLS on 25, implicit TLS on 465."""
     if endpoint["port"] == SMTPS_PORT:
-        with in_netns(status["client_netns"]):
-            client: smtplib.SMTP = _SMTPS(
-                endpoint["host"], endpoint["name"], endpoint["port"], clients.tls_context(status)
-            )
+        context = clients.tls_context(status)
+        client: smtplib.SMTP = clients.connect_patiently(
+            status["client_netns"], lambda: _SMTPS(endpoint["host"], endpoint["name"], endpoint["port"], context)
+        )
         client.ehlo()
     else:
         client = clients.smtp(status, endpoint, source=source)
