@@ -20,7 +20,9 @@ holds them), so the figures are the program's work, not the mocks' key generatio
 figures: what a process does once (imports, compiling the Jinja templates) is outside them, and
 shown apart: `import`, and `first prod`, prod's first evaluation in a fresh interpreter. The measures
 run round-robin, REPEAT rounds; each figure is the best round (the machine is shared and noisy;
-a burst of load from elsewhere only ever adds time), the median beside it. The evaluation is
+a burst of load from elsewhere only ever adds time), the median beside it. Each measure starts from a
+collected heap (the collection untimed), so a full collection of a previous measure's garbage does not
+land in the next one's figure. The evaluation is
 CPU-bound (mocks in-process, no I/O): figures and ratios are the process's CPU time, which other
 load on the machine disturbs far less than the wall clock; the best wall-clock time is beside it.
 Targets (the issue's): prod/floor <= 1.3 and 10x/prod <= 1.2.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import pickle
 import re
 import statistics
@@ -206,6 +209,9 @@ def main() -> int:
     wall: dict[str, float] = {}
     for _ in range(repeat):
         for name, measure in measures.items():
+            # Each measure starts from a collected heap: it pays for the collections its own
+            # allocations trigger, not for a full collection of what the previous one left behind.
+            gc.collect()
             start, cpu = time.perf_counter(), time.process_time()
             measure()
             samples[name].append(time.process_time() - cpu)
