@@ -142,7 +142,12 @@ class Sender:
                 if self.session is None:
                     endpoint = {"host": address, "port": 25, "name": name}
                     self.session = clients.smtp(
-                        self.status, endpoint, netns=self.netns, source=self.source, starttls=self.starttls
+                        self.status,
+                        endpoint,
+                        netns=self.netns,
+                        source=self.source,
+                        starttls=self.starttls,
+                        patient=False,
                     )
                     self.session_host = name
                 self.session.sendmail(sender, [recipient], text)

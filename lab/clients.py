@@ -37,13 +37,14 @@ def tls_context(status: dict) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=status["ca_file"])
 
 
-def connect_patiently(netns: str, connect: Callable[[], S]) -> S:
-    """connect() in `netns`, again while smtp-in answers `421 too many connections`.
+def connect_patiently(netns: str, connect: Callable[[], S], wait: float = 0) -> S:
+    """connect() in `netns`, again for up to `wait` seconds while smtp-in answers `421 too many
+    connections`.
 
     smtp-in lets one client address open 10 connections a minute (the case study's
     smtpd_client_connection_rate_limit): like an MTA, wait for that minute to pass, so that
     many tests may share one client address."""
-    deadline = time.monotonic() + RATE_LIMIT_WAIT
+    deadline = time.monotonic() + wait
     while True:
         try:
             with in_netns(netns):
@@ -55,10 +56,18 @@ def connect_patiently(netns: str, connect: Callable[[], S]) -> S:
 
 
 def smtp(
-    status: dict, endpoint: dict, *, netns: str | None = None, source: str | None = None, starttls: bool = True
+    status: dict,
+    endpoint: dict,
+    *,
+    netns: str | None = None,
+    source: str | None = None,
+    starttls: bool = True,
+    patient: bool = True,
 ) -> smtplib.SMTP:
     """An SMTP session to endpoint {"host", "port", "name"}, after STARTTLS unless told otherwise;
-    `source` picks the client address (lab.internet: allowed, other or DNSBL-listed client)."""
+    `source` picks the client address (lab.internet: allowed, other or DNSBL-listed client).
+    `patient`: wait out smtp-in's connection rate limit (connect_patiently); otherwise its 421 is
+    the caller's, e.g. an MTA that tries the next MX."""
     client = connect_patiently(
         netns or status["client_netns"],
         lambda: smtplib.SMTP(
@@ -68,6 +77,7 @@ def smtp(
             source_address=(source, 0) if source else None,
             timeout=30,
         ),
+        RATE_LIMIT_WAIT if patient else 0,
     )
     client._host = endpoint["name"]  # the name STARTTLS checks the certificate against
     if starttls:

@@ -59,7 +59,9 @@ def mx_session(status: dict, endpoint: dict, source: str | None = None) -> Itera
     if endpoint["port"] == SMTPS_PORT:
         context = clients.tls_context(status)
         client: smtplib.SMTP = clients.connect_patiently(
-            status["client_netns"], lambda: _SMTPS(endpoint["host"], endpoint["name"], endpoint["port"], context)
+            status["client_netns"],
+            lambda: _SMTPS(endpoint["host"], endpoint["name"], endpoint["port"], context),
+            clients.RATE_LIMIT_WAIT,
         )
         client.ehlo()
     else:
