@@ -359,6 +359,8 @@ def up(
     _wait_dns(stack, dns)
     progress(f"dns: nsd on {', '.join(internet.DNS_SERVER)} ({lap('dns')}s)")
     ready = daemons.wait_ready(running, timeout)
+    roots = {h.name: h.root for h in hosts}
+    _parallel(lambda r: daemons.post_start(roots[r.host], daemons.DAEMONS[r.daemon]), running)
     cache.tidy(hosts)
     record["ready_seconds"] = {f"{host}/{name}": round(t + timings["started"], 2) for (host, name), t in ready.items()}
     lap("up")

@@ -1,7 +1,8 @@
 """Starting, stopping and waiting for the real Debian daemons inside a lab host.
 
 Each daemon starts the way its Debian systemd unit starts it (ExecStartPre, ExecStart, User=,
-RuntimeDirectory=), in the foreground where the unit allows it so the lab knows its pid. Lab-only
+RuntimeDirectory=), in the foreground where the unit allows it so the lab knows its pid; once it
+is ready, the ExecStartPost= lines of the unit's drop-ins that the host's tree holds run. Lab-only
 differences, all of them here:
 
 - unbound reads /etc/unbound/lab.conf, which includes the rendered unbound.conf unchanged and
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -52,6 +54,8 @@ class Daemon:
     pidfile: str | None = None
     # ExecStop= (otherwise SIGTERM to its pid).
     stop: tuple[str, ...] | None = None
+    # Its systemd unit, whose drop-ins in the host may add ExecStartPost= (default: its name).
+    unit: str | None = None
 
 
 # In start order: resolvers and backends before the daemons that use them.
@@ -286,6 +290,28 @@ def start(root: HostRoot, daemon: Daemon) -> int:
             start_new_session=True,
         )
     return process.pid
+
+
+def exec_start_post(root: HostRoot, daemon: Daemon) -> list[tuple[bool, list[str]]]:
+    """The ExecStartPost= lines of the drop-ins the host has for the daemon's unit (rendered files,
+    e.g. the maildrops' replication on start), in systemd's order: (failure ignored, argv)."""
+    directory = root.outside(f"/etc/systemd/system/{daemon.unit or daemon.name}.service.d")
+    commands = []
+    for drop_in in sorted(directory.glob("*.conf")) if directory.is_dir() else []:
+        for line in drop_in.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "ExecStartPost" and value.strip():
+                value = value.strip()
+                commands.append((value.startswith("-"), shlex.split(value.lstrip("-"))))
+    return commands
+
+
+def post_start(root: HostRoot, daemon: Daemon) -> None:
+    """What the unit runs once the daemon is ready: its ExecStartPost= commands."""
+    for ignore_failure, argv in exec_start_post(root, daemon):
+        result = root.run(argv, env=DAEMON_ENV)
+        if result.returncode != 0 and not ignore_failure:
+            raise RuntimeError(f"{root.name}: {daemon.name} ExecStartPost {argv} failed: {result.stderr.strip()}")
 
 
 def wait_ready(running: list[Running], timeout: float) -> dict[tuple[str, str], float]:

@@ -86,6 +86,7 @@ def start(host: str, names: Iterable[str] | None = None, timeout: float = 120) -
         pid = daemons.start(root, daemons.DAEMONS[d["name"]])
         ready = daemons.readiness(stack, entry["role"], d["name"])
         daemons.wait_ready([daemons.Running(host, d["name"], pid, entry["netns"], ready)], timeout)
+        daemons.post_start(root, daemons.DAEMONS[d["name"]])
         d["pid"] = started[d["name"]] = pid
     record = state.load()  # written by nobody else meanwhile; re-read to change only these pids
     for d in _host_entry(record, host)["daemons"]:

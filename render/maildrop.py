@@ -29,6 +29,10 @@ VMAIL_ID = 5000
 USERS_HOME = "/var/dovecot/users"
 SYSUSERS = "/etc/sysusers.d/vmail.conf"
 TMPFILES = "/etc/tmpfiles.d/dovecot-users.conf"
+# Syncs every user with the peer when Dovecot starts (see the template).
+UNIT_DROP_IN = "/etc/systemd/system/dovecot.service.d/mail-cluster.conf"
+# Dovecot 2.3's default replication_dsync_parameters without -U (which reports back to the replicator).
+DSYNC_ON_START = "-d -N -l 30"
 # The learn scripts read the rspamd controller password from here (not their own world-readable text).
 RSPAMD_PASSWORD_FILE = "/etc/dovecot/rspamd-controller.password"
 LEARN_SPAM = "rspamd-learn-spam.sh"
@@ -51,6 +55,8 @@ SERVICES = {
     "dovecot": " && ".join(
         (f"systemd-sysusers {SYSUSERS}", f"systemd-tmpfiles --create {TMPFILES}", "systemctl reload-or-restart dovecot")
     ),
+    # The drop-in only acts at Dovecot's next start: systemd re-reads it, nothing restarts.
+    "dovecot-unit": "systemctl daemon-reload",
 }
 
 
@@ -195,6 +201,7 @@ def sieve_service(sieve_paths: list[str]) -> str:
 def checks(sieve_paths: list[str]) -> tuple[Check, ...]:
     # doveconf reports problems as "doveconf: Warning: ..." and exits 0: any stderr fails the check.
     doveconf = f'err=$(doveconf -n -c {DOVECOT_CONF} 2>&1 >/dev/null) && [ -z "$err" ] || {{ echo "$err"; exit 1; }}'
+    unit = 'err=$(systemd-analyze verify dovecot.service 2>&1) && [ -z "$err" ] || { echo "$err"; exit 1; }'
     # -d writes a dump of the compiled script to stdout instead of a binary anywhere: a compile check.
     sievec = (Check(f"sievec {p}", ("sievec", "-c", DOVECOT_CONF, "-d", p, "-")) for p in sieve_paths)
     return (
@@ -202,6 +209,8 @@ def checks(sieve_paths: list[str]) -> tuple[Check, ...]:
         Check("postconf -n", ("postconf", "-n")),
         Check("doveconf -n", ("sh", "-c", doveconf)),
         Check("systemd-sysusers --dry-run", ("systemd-sysusers", "--dry-run", SYSUSERS)),
+        # systemd-analyze verify names a bad key or command line and still exits 0: any output fails.
+        Check("systemd-analyze verify dovecot.service", ("sh", "-c", unit)),
         *sievec,
     )
 
@@ -212,6 +221,9 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
         **dovecot_files(stack, host, keys),
         **sieve_files(stack, keys),
         **postfix.tls_files(stack, keys, reload=("postfix", "dovecot")),
+        UNIT_DROP_IN: FileSpec(
+            render_template(ROLE, UNIT_DROP_IN, dsync_parameters=DSYNC_ON_START), reload=("dovecot-unit",)
+        ),
     }
     sieve_paths = sorted(p for p in files if p.endswith(".sieve"))
     return HostTree(

@@ -21,6 +21,7 @@ from render.maildrop import (
     DOVECOT_CONF,
     RSPAMD_PASSWORD_FILE,
     SIEVE_DIR,
+    UNIT_DROP_IN,
     USERS_FILE,
     VIRTUAL_MAILDROP,
     rspamd_controller_password,
@@ -109,6 +110,18 @@ def test_a_broken_sieve_script_is_refused_with_sievecs_message(maildrops, stack_
     assert result.returncode == 1
     assert f"sievec {path}" in result.stderr
     assert "parse error" in result.stderr or "error:" in result.stderr
+
+
+@pytest.mark.checkers
+def test_a_broken_dovecot_unit_drop_in_is_refused_by_systemd_analyze(maildrops, stack_name):
+    tree = next(iter(maildrops[stack_name].values()))
+    good = tree.files[UNIT_DROP_IN]
+    assert "ExecStartPost=-/usr/bin/timeout 60 /usr/bin/doveadm sync -A -d " in good.content
+    broken = {UNIT_DROP_IN: replace(good, content=good.content.replace("ExecStartPost", "ExecStartPots"))}
+    only_unit = tuple(c for c in tree.checks if c.name.startswith("systemd-analyze"))
+    result = run_push(replace(tree, files=broken, checks=only_unit), "--check-only")
+    assert result.returncode == 1
+    assert "Unknown key" in result.stderr and "ExecStartPots" in result.stderr
 
 
 @pytest.mark.checkers
