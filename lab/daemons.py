@@ -54,8 +54,6 @@ class Daemon:
     pidfile: str | None = None
     # ExecStop= (otherwise SIGTERM to its pid).
     stop: tuple[str, ...] | None = None
-    # Its systemd unit, whose drop-ins in the host may add ExecStartPost= (default: its name).
-    unit: str | None = None
 
 
 # In start order: resolvers and backends before the daemons that use them.
@@ -293,9 +291,10 @@ def start(root: HostRoot, daemon: Daemon) -> int:
 
 
 def exec_start_post(root: HostRoot, daemon: Daemon) -> list[tuple[bool, list[str]]]:
-    """The ExecStartPost= lines of the drop-ins the host has for the daemon's unit (rendered files,
-    e.g. the maildrops' replication on start), in systemd's order: (failure ignored, argv)."""
-    directory = root.outside(f"/etc/systemd/system/{daemon.unit or daemon.name}.service.d")
+    """The ExecStartPost= lines of the drop-ins the host has for the daemon's unit, named as the
+    daemon (rendered files, e.g. the maildrops' sync on start), in systemd's order: (failure
+    ignored, argv)."""
+    directory = root.outside(f"/etc/systemd/system/{daemon.name}.service.d")
     commands = []
     for drop_in in sorted(directory.glob("*.conf")) if directory.is_dir() else []:
         for line in drop_in.read_text().splitlines():
