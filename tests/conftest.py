@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,10 @@ from render.tree import HostTree  # noqa: E402
 
 PUSH_HOST = ROOT / "render" / "push_host.py"
 STACKS = ("prod", "lab")
+
+# Checkers installed with pip (check-jsonschema) live beside the interpreter running the tests,
+# the venv's: `.venv/bin/python -m pytest` finds them without the venv on the caller's PATH.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture(scope="session", params=STACKS)

@@ -4,9 +4,7 @@ config override as PHP itself evaluates it."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,12 +18,6 @@ from render.webmail import COMPOSE_FILE, CUSTOM_CONFIG
 
 # The plugins the image's entrypoint enables before it includes custom.inc.php.
 IMAGE_PLUGINS = ["archive", "zipdownload"]
-
-
-@pytest.fixture(autouse=True)
-def python_tools_on_path(monkeypatch):
-    """check-jsonschema is installed beside the interpreter running the tests (the venv)."""
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
 
 @pytest.fixture(scope="module")
