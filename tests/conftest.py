@@ -47,6 +47,11 @@ def trees(stacks, keys) -> dict[str, dict[str, HostTree]]:
     return {name: render_stack(stack, keys[name]) for name, stack in stacks.items()}
 
 
+def role_trees(stack_trees: dict[str, HostTree], role: str) -> list[HostTree]:
+    """One stack's trees (host -> tree) of one role, in host order."""
+    return [t for t in stack_trees.values() if t.role == role]
+
+
 def run_push(tree: HostTree, *args: str) -> subprocess.CompletedProcess:
     """The push script itself, as a host runs it, with the manifest on stdin."""
     return subprocess.run(

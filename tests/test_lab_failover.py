@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from lab_mailflow_helpers import mx_session
 
 from benchmarks import _lab_common as common
 from lab import clients, cluster, internet
@@ -70,11 +71,8 @@ def test_lab_primary_maildrop_down_imap_and_inbound_mail_fail_over_to_the_backup
         assert common.frontend_login(lab, alice), "no IMAPS login through the frontend with the primary down"
         # Through the real MX path: smtp-in resolves maildrop.example.com MX 10 (down), then MX 20.
         first, text = common.message(sender, alice["address"], "while the primary is down", tag)
-        client = clients.smtp(lab, lab["endpoints"]["mx"][1])
-        try:
+        with mx_session(lab, lab["endpoints"]["mx"][1]) as client:
             client.sendmail(sender, [alice["address"]], text)
-        finally:
-            client.quit()
         assert first in _wait_ids(lab, BACKUP, alice, tag, {before, first}, timeout=60), "not on the backup"
         # Long enough for the backup's replicator to have given up on the primary: it tries again
         # only after 5 minutes (REPLICATOR_FAILURE_RESYNC_INTERVAL_SECS, not a setting).
@@ -91,11 +89,8 @@ def test_lab_primary_maildrop_down_imap_and_inbound_mail_fail_over_to_the_backup
     # while: smtp-in reuses its cached connection to the backup, up to
     # smtp_connection_reuse_time_limit, as Postfix does for any destination with several MXes.)
     second, text = common.message(sender, alice["address"], "after the primary is back", tag)
-    client = clients.smtp(lab, lab["endpoints"]["mx"][1])
-    try:
+    with mx_session(lab, lab["endpoints"]["mx"][1]) as client:
         client.sendmail(sender, [alice["address"]], text)
-    finally:
-        client.quit()
     for host in (PRIMARY, BACKUP):
         ids = _wait_ids(lab, host, alice, tag, {before, first, second}, timeout=30)
         assert sorted(ids) == sorted({before, first, second}), host

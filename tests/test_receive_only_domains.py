@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import assert_checks_pass
+from conftest import assert_checks_pass, role_trees
 
 from model import StackConfigError, load_stack, stack_file_values
 from render import render_stack
@@ -37,7 +37,7 @@ def trees():
 
 
 def _tree(trees, role):
-    return next(t for t in trees.values() if t.role == role)
+    return role_trees(trees, role)[0]
 
 
 def _stage(tree, root: Path) -> Path:

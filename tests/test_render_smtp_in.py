@@ -9,26 +9,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import assert_checks_pass, check_with_content
+from conftest import assert_checks_pass, check_with_content, role_trees
 from postfix_tools import postconf, settings, stage
 
 from render.maildrop import rspamd_controller_password
 from render.names import tls_key_path
 from render.smtp_in import DISCARD_ADDRESS, SRS_SECRET
-from render.tree import HostTree
 
 POSTSRSD = "/etc/default/postsrsd"
 CONTROLLER = "/etc/rspamd/local.d/worker-controller.inc"
 
 
-def smtp_ins(trees: dict[str, dict[str, HostTree]], stack_name: str) -> list[HostTree]:
-    return [t for t in trees[stack_name].values() if t.role == "smtp_in"]
-
-
 @pytest.fixture(scope="module")
 def staged(trees, stack_name, tmp_path_factory) -> Path:
     """The first smtp-in of the stack, written to a directory."""
-    tree = smtp_ins(trees, stack_name)[0]
+    tree = role_trees(trees[stack_name], "smtp_in")[0]
     return stage(tree, tmp_path_factory.mktemp(f"{stack_name}-{tree.host}"))
 
 
@@ -45,7 +40,7 @@ def lookup(root: Path, table: str, key: str) -> str | None:
 
 @pytest.mark.checkers
 def test_every_smtp_in_passes_postfix_postmap_rspamd_and_unbound_checks(trees, stack_name):
-    hosts = smtp_ins(trees, stack_name)
+    hosts = role_trees(trees[stack_name], "smtp_in")
     assert len(hosts) == 3
     for tree in hosts:
         assert {c.argv[0] for c in tree.checks} >= {"postfix", "rspamadm", "unbound-checkconf"}
@@ -67,7 +62,7 @@ def test_every_smtp_in_passes_postfix_postmap_rspamd_and_unbound_checks(trees, s
     ],
 )
 def test_a_broken_smtp_in_file_is_refused_by_its_checker(trees, path, breakage, message):
-    tree = smtp_ins(trees, "lab")[0]
+    tree = role_trees(trees["lab"], "smtp_in")[0]
     result = check_with_content(tree, path, breakage)
     assert result.returncode == 1
     assert f"check '{message}' failed" in result.stderr
@@ -206,7 +201,7 @@ def test_dev_null_aliases_are_accepted_then_discarded(staged, stack_name):
 
 def test_alias_tables_change_without_a_postfix_reload(trees, stack_name):
     """Postfix notices a rebuilt .db by itself: an alias change reloads nothing."""
-    for tree in smtp_ins(trees, stack_name):
+    for tree in role_trees(trees[stack_name], "smtp_in"):
         for table in ("/etc/postfix/virtual", "/etc/postfix/virtual-domains", "/etc/postfix/transport"):
             assert tree.files[table].postmap and tree.files[table].reload == ()
         assert tree.files["/etc/postfix/main.cf"].reload == ("postfix",)
@@ -234,7 +229,7 @@ def test_postsrsd_rewrites_into_the_infra_domain_on_the_ports_postfix_asks(stage
 
 
 def test_every_smtp_in_shares_one_srs_secret(trees, keys, stack_name):
-    secrets = {t.host: t.files[SRS_SECRET] for t in smtp_ins(trees, stack_name)}
+    secrets = {t.host: t.files[SRS_SECRET] for t in role_trees(trees[stack_name], "smtp_in")}
     assert len(secrets) == 3
     assert {s.content for s in secrets.values()} == {keys[stack_name].srs_secret + "\n"}
     assert {(s.mode, s.owner, s.group) for s in secrets.values()} == {(0o600, "root", "root")}
@@ -264,7 +259,7 @@ def test_rspamd_sends_nothing_out_and_resolves_locally(staged):
 
 def test_the_maildrops_can_teach_rspamd_with_their_password(trees, keys, stacks, stack_name):
     stack = stacks[stack_name]
-    for tree in smtp_ins(trees, stack_name):
+    for tree in role_trees(trees[stack_name], "smtp_in"):
         host = next(h for h in stack.hosts.smtp_in if h.name == tree.host)
         spec = tree.files[CONTROLLER]
         assert (spec.mode, spec.owner, spec.group) == (0o640, "root", "_rspamd")
@@ -276,6 +271,6 @@ def test_the_maildrops_can_teach_rspamd_with_their_password(trees, keys, stacks,
 
 
 def test_smtp_in_tls_key_is_root_only(trees, stacks, stack_name):
-    for tree in smtp_ins(trees, stack_name):
+    for tree in role_trees(trees[stack_name], "smtp_in"):
         key = tree.files[tls_key_path(stacks[stack_name])]
         assert (key.mode, key.owner, key.group) == (0o600, "root", "root")

@@ -9,24 +9,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import assert_checks_pass, check_with_content
+from conftest import assert_checks_pass, check_with_content, role_trees
 from postfix_tools import postconf, settings, stage
 
 from render.names import tls_key_path
 from render.smtp_out import KEY_TABLE, SASL_USERS, SIGNING_TABLE, dkim_key_path
-from render.tree import HostTree
 
 OPENDKIM_CONF = "/etc/opendkim.conf"
-
-
-def smtp_outs(trees: dict[str, dict[str, HostTree]], stack_name: str) -> list[HostTree]:
-    return [t for t in trees[stack_name].values() if t.role == "smtp_out"]
 
 
 @pytest.fixture(scope="module")
 def staged(trees, stack_name, tmp_path_factory) -> Path:
     """The first smtp-out of the stack, written to a directory."""
-    tree = smtp_outs(trees, stack_name)[0]
+    tree = role_trees(trees[stack_name], "smtp_out")[0]
     return stage(tree, tmp_path_factory.mktemp(f"{stack_name}-{tree.host}"))
 
 
@@ -35,7 +30,7 @@ def staged(trees, stack_name, tmp_path_factory) -> Path:
 
 @pytest.mark.checkers
 def test_every_smtp_out_passes_postfix_doveconf_opendkim_rspamd_and_unbound_checks(trees, stack_name):
-    hosts = smtp_outs(trees, stack_name)
+    hosts = role_trees(trees[stack_name], "smtp_out")
     assert len(hosts) == 3
     for tree in hosts:
         assert {c.argv[0] for c in tree.checks} >= {"postfix", "doveconf", "opendkim", "rspamadm", "unbound-checkconf"}
@@ -64,7 +59,7 @@ def test_every_smtp_out_passes_postfix_doveconf_opendkim_rspamd_and_unbound_chec
     ],
 )
 def test_a_broken_smtp_out_file_is_refused_by_its_checker(trees, path, breakage, message):
-    tree = smtp_outs(trees, "lab")[0]
+    tree = role_trees(trees["lab"], "smtp_out")[0]
     result = check_with_content(tree, path, breakage)
     assert result.returncode == 1
     assert f"check '{message}' failed" in result.stderr
@@ -221,7 +216,7 @@ def test_a_key_being_rotated_in_is_loaded_but_does_not_sign(staged, stacks, stac
 
 def test_smtp_out_secrets_are_readable_only_by_their_daemon(trees, stacks, stack_name):
     stack = stacks[stack_name]
-    for tree in smtp_outs(trees, stack_name):
+    for tree in role_trees(trees[stack_name], "smtp_out"):
         files = tree.files
         assert (files[SASL_USERS].mode, files[SASL_USERS].owner, files[SASL_USERS].group) == (0o640, "root", "dovecot")
         key = files[tls_key_path(stack)]
@@ -234,7 +229,7 @@ def test_smtp_out_secrets_are_readable_only_by_their_daemon(trees, stacks, stack
 
 
 def test_every_smtp_out_file_reloads_only_services_the_host_knows(trees, stack_name):
-    for tree in smtp_outs(trees, stack_name):
+    for tree in role_trees(trees[stack_name], "smtp_out"):
         for path, spec in tree.files.items():
             assert set(spec.reload) <= set(tree.services), path
         assert tree.files["/etc/postfix/main.cf"].reload == ("postfix",)
@@ -246,7 +241,7 @@ def test_every_smtp_out_file_reloads_only_services_the_host_knows(trees, stack_n
 def test_all_smtp_out_hosts_differ_only_in_their_own_names(trees, stacks, stack_name):
     """Identical replicas (case study): only the host's own names (banner, mydestination) differ."""
     stack = stacks[stack_name]
-    hosts = {t.host: t for t in smtp_outs(trees, stack_name)}
+    hosts = {t.host: t for t in role_trees(trees[stack_name], "smtp_out")}
     first, *others = stack.hosts.smtp_out
     for other in others:
         for path, spec in hosts[first.name].files.items():
