@@ -120,7 +120,10 @@ def push(host: LabHost, tree: HostTree) -> None:
     checks, its files, its postmaps and its reload commands (which find the lab's `systemctl`
     first, host_root.SHIM). The webmail host's reload is `docker compose up`: the lab runs
     Debian's Roundcube instead (lab.webmail), so that tree is installed and checked only."""
-    env = {**os.environ, "PATH": f"{host_root.SHIM_DIR}:{os.environ.get('PATH', host_root.DAEMON_ENV['PATH'])}"}
+    # Then the directory of the interpreter running the lab (the venv): checkers installed with pip
+    # (check-jsonschema, for the webmail tree) are there, whether or not the venv is on PATH.
+    path = [host_root.SHIM_DIR, str(Path(sys.executable).parent), os.environ.get("PATH", host_root.DAEMON_ENV["PATH"])]
+    env = {**os.environ, "PATH": os.pathsep.join(path)}
     # The host's own python3 runs it, from a path inside the host, as on a VM: the project's
     # checkout (and its venv) may sit where the host's fresh /tmp hides it.
     script = host.root.outside(HOST_PUSH_SCRIPT)
