@@ -174,9 +174,9 @@ class Sender:
             time.sleep(self.retry)
 
 
-def senders(status: dict, sources: list[str], domain: str) -> list[Sender]:
+def senders(status: dict, sources: list[str], domain: str, starttls: bool = True) -> list[Sender]:
     mx = mx_hosts(status, domain)
-    return [Sender(status, source, mx) for source in sources]
+    return [Sender(status, source, mx, starttls=starttls) for source in sources]
 
 
 def send_from_many(senders: list[Sender], messages: list[tuple[str, str, str, str]], timeout: float = 300) -> None:
