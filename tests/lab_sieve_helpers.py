@@ -136,6 +136,26 @@ def managesieve(status: dict, account: dict) -> Iterator[ManageSieve]:
         session.logout()
 
 
+def remove_script(status: dict, account: dict, name: str, timeout: float = 15) -> None:
+    """Deactivate and delete the account's script `name`, waiting out replication.
+
+    The maildrops sync Sieve scripts and which one is active with dsync: a sync that started while
+    the script was still active on the peer can make it active again a few milliseconds after
+    SETACTIVE "" (seen once: DELETESCRIPT, sent right after in the same session, was refused
+    with `NO (ACTIVE)`). So deactivate again and retry until the delete is taken."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with managesieve(status, account) as sieve:
+            sieve.setactive("")
+            try:
+                sieve.deletescript(name)
+                return
+            except ManageSieveError as refused:
+                if "ACTIVE" not in str(refused) or time.monotonic() > deadline:
+                    raise
+        time.sleep(0.5)
+
+
 # ---- rspamd's Bayes counters --------------------------------------------------------------------
 
 # Where rspamd's Redis statistics backend counts the messages learnt per class (its default

@@ -21,6 +21,7 @@ from lab_sieve_helpers import (
     connect_managesieve,
     learnt_messages,
     managesieve,
+    remove_script,
     wait_for_learns,
 )
 
@@ -148,9 +149,7 @@ def test_managesieve_script_uploaded_through_the_frontend_files_new_inbound_mail
             assert _uid(client, FILTER_FOLDER, kept_id) is None, "the untagged message was filed"
     finally:
         # Leave bob as the other tests expect him: no script of his own (default.sieve: keep), no folder.
-        with managesieve(lab, bob) as sieve:
-            sieve.setactive("")
-            sieve.deletescript(name)
+        remove_script(lab, bob, name)
         with _imaps(lab, bob) as client:
             client.delete(f'"{FILTER_FOLDER}"')
 
