@@ -42,10 +42,10 @@ from benchmarks import lab_throughput as throughput
 from lab.host_root import DAEMON_ENV, HostRoot
 
 DOVECOT_CONF = "/etc/dovecot/dovecot.conf"
+POSTFIX_MAIN = "/etc/postfix/main.cf"
 # Client addresses 203.0.113.70-199: above the lab's own (.66 is the DNSBL-listed one), below .200.
 FIRST_CLIENT, OTHER_CLIENT = 70, 200
 BOX = "single box"
-POSTFIX_MAIN = "/etc/postfix/main.cf"
 
 
 @dataclass(frozen=True)
