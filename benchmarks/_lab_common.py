@@ -1,5 +1,6 @@
-"""What the failover tests and the lab benchmarks share: one host down and up (lab.hosts), sending
-from the remote MTA and from many internet MTAs, reading a maildrop over IMAP, CPU accounting."""
+"""What the failover tests and the lab benchmarks share: sending from the remote MTA and from many
+internet MTAs, reading a maildrop over IMAP, CPU accounting. (Messages: lab.clients.message; one
+host down and up: lab.hosts.)"""
 
 from __future__ import annotations
 
@@ -25,28 +26,7 @@ from lab.host_root import DAEMON_ENV
 from lab.netns import in_netns
 from model import load_stack_file
 
-DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-
-
-# ---- one host's daemons: lab.hosts (re-exported for the scripts and tests that use them) -------
-
-stop, start, stopped, restore_whole = lab_hosts.stop, lab_hosts.start, lab_hosts.stopped, lab_hosts.restore_whole
-
-
 # ---- mail ---------------------------------------------------------------------------------------
-
-
-def message(sender: str, recipient: str, subject: str, tag: str) -> tuple[str, str]:
-    """A plain, well-formed message (rspamd scores it far below greylisting) with a unique Message-ID."""
-    message_id = f"<{tag}-{time.time_ns()}@{sender.split('@')[1]}>"
-    now = time.gmtime()
-    date = time.strftime(f"{DAYS[now.tm_wday]}, %d %b %Y %H:%M:%S +0000", now)
-    text = (
-        f"From: {sender}\nTo: {recipient}\nSubject: {subject}\nMessage-ID: {message_id}\nDate: {date}\n"
-        f"MIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n"
-        f"{subject}.\nSent to check that the cluster keeps mail when parts of it are down.\n"
-    )
-    return message_id, text
 
 
 def remote_send(sender: str, recipient: str, text: str) -> None:
@@ -286,7 +266,7 @@ def frontend_login(status: dict, account: dict, timeout: float = 5) -> bool:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu(pid: int, children: bool = True) -> float:
+def cpu_of(pid: int, children: bool = True) -> float:
     """CPU seconds of a process (and of its reaped children: a Postfix or Dovecot master reaps the
     smtpd, cleanup, lmtp, doveadm ... processes it ran, so their time lands in its cutime/cstime)."""
     try:
@@ -304,7 +284,7 @@ def cpu_by_daemon(hosts: list[dict]) -> dict[tuple[str, str], float]:
     for entry in hosts:
         for d in entry["daemons"]:
             tree = lab_hosts.descendants(d["pid"]) if lab_hosts.alive(d["pid"]) else set()
-            totals[(entry["name"], d["name"])] = sum(_cpu(p) for p in tree)
+            totals[(entry["name"], d["name"])] = sum(cpu_of(p) for p in tree)
     return totals
 
 
@@ -323,12 +303,11 @@ def running_lab(progress: Callable[[str], None] = print) -> Iterator[dict]:
     """The running lab of this MAIL_LAB_ID if it is whole, else one brought up here and taken down
     at the end (its logs kept)."""
     lab_id = os.environ.get("MAIL_LAB_ID", "")
+    lab_hosts.restore_whole()  # a host an interrupted benchmark left stopped
     current = cluster.status()
-    reuse = bool(current.get("up")) and all(h["rendered"] for h in current["hosts"])
-    if reuse:
+    if cluster.whole(current):
         progress(f"reusing the running lab (MAIL_LAB_ID={lab_id!r})")
-        restore_whole()
-        yield cluster.status()
+        yield current
         return
     progress(f"bringing the lab up (MAIL_LAB_ID={lab_id!r}) ...")
     cluster.up(progress=lambda _: None)

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _lab_common as common
 from lab import cluster
+from lab import hosts as lab_hosts
 from model import load_stack_file
 
 PRIMARY = "maildrop0-chbtl0"
@@ -116,7 +117,7 @@ def one_round(status: dict, account: dict, mode: str) -> dict:
             gone = time.monotonic()
             silence.on()
         else:
-            common.stop(PRIMARY)
+            lab_hosts.stop(PRIMARY)
             gone = time.monotonic()  # every process of the primary's Dovecot has exited
         time.sleep(WINDOW)
     finally:
@@ -124,7 +125,7 @@ def one_round(status: dict, account: dict, mode: str) -> dict:
         if silence:
             silence.off()
         else:
-            common.start(PRIMARY)
+            lab_hosts.start(PRIMARY)
     after = sorted(a for a in prober.attempts if a[0] >= gone)
     first_ok = next((end for _, end, ok in after if ok), None)
     # Recovered: from the first attempt on, every login succeeds within a second.

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _lab_common as common
-from lab import internet
+from lab import clients, internet
 
 PRIMARY, PEER = "maildrop0-chbtl0", "maildrop1-ddln0"
 TARGETS = {50: 2.0, 99: 5.0}
@@ -94,7 +94,7 @@ def main() -> int:
                 futures = []
                 for n in range(args.messages):
                     sender = f"{tag}-{n}@{internet.REMOTE_DOMAIN}"
-                    message_id, text = common.message(sender, account["address"], f"replication {n}", tag)
+                    message_id, text = clients.message(sender, account["address"], f"replication {n}", tag)
                     sent[message_id] = time.monotonic()
                     deadline = time.monotonic() + 120
                     mta, pool = mtas[n % len(mtas)], pools[n % len(mtas)]

@@ -22,7 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import _lab_common as common
 from lab import clients, cluster, internet, state
+from lab import hosts as lab_hosts
 from lab.host_root import NS_DIR
 from lab.netns import pids_in
 
@@ -33,31 +35,10 @@ def _lab_pids() -> list[int]:
     return pids + [p for p in (record.get("collector_pid"),) if p and p not in pids]
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return []
-    found = []
-    for task in tasks:
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
 def _daemon_kinds() -> dict[int, str]:
     """pid -> the daemon it belongs to (a daemon's processes are its pid and that pid's descendants)."""
     record = state.load() or {"hosts": []}
-    kinds: dict[int, str] = {}
-    todo = [(d["pid"], d["name"]) for h in record["hosts"] for d in h["daemons"]]
-    while todo:
-        pid, name = todo.pop()
-        if pid not in kinds:
-            kinds[pid] = name
-            todo += [(c, name) for c in _children(pid)]
-    return kinds
+    return {p: d["name"] for h in record["hosts"] for d in h["daemons"] for p in lab_hosts.descendants(d["pid"])}
 
 
 def memory() -> tuple[int, dict[str, int]]:
@@ -83,12 +64,10 @@ def cpu_seconds() -> tuple[float, dict[str, float]]:
     by_name = {"up": up}
     for pid in _lab_pids():
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             name = kinds.get(pid) or Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-        by_name[name] = by_name.get(name, 0) + ticks / os.sysconf("SC_CLK_TCK")
+        by_name[name] = by_name.get(name, 0) + common.cpu_of(pid)
     return sum(by_name.values()), by_name
 
 

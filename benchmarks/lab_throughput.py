@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _lab_common as common
-from lab import NETNS_PREFIX, daemons, host_root, internet, state
+from lab import NETNS_PREFIX, clients, daemons, host_root, internet, state
 from lab.host_root import DAEMON_ENV, HostRoot
 from lab.netns import pids_in
 from render.tree import FileSpec
@@ -222,7 +222,7 @@ def batch(tag: str, recipient: str, n: int) -> list[tuple[str, str, str, str]]:
     out = []
     for i in range(n):
         sender = f"{tag}-{i}@{internet.REMOTE_DOMAIN}"  # a sender each: nothing for the greylist to repeat
-        message_id, text = common.message(sender, recipient, f"throughput {i}", tag)
+        message_id, text = clients.message(sender, recipient, f"throughput {i}", tag)
         out.append((message_id, sender, recipient, text))
     return out
 

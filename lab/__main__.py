@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command in ("stop", "start"):
         try:
             done = hosts.stop(args.host) if args.command == "stop" else list(hosts.start(args.host))
-        except (StopIteration, TypeError):
-            print(f"no host {args.host!r} in a running lab (python3 -m lab status)", file=sys.stderr)
+        except hosts.UnknownHost as e:
+            print(e.args[0], file=sys.stderr)
             return 1
         print(f"{args.host}: {args.command}ed {' '.join(done) or 'nothing (already so)'}")
     else:

@@ -457,6 +457,12 @@ def _mailbox_address(stack: Stack, name: str) -> str:
     return f"{name}@{stack.domains[0].name}"
 
 
+def whole(current: dict) -> bool:
+    """A status() of a lab that is up, every daemon alive, with every host of its stack (not an
+    `up --only` subset): one that tests and benchmarks can use as it is."""
+    return bool(current.get("up")) and all(h["rendered"] for h in current["hosts"])
+
+
 def status() -> dict:
     record = state.load()
     if record is None:

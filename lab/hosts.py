@@ -21,8 +21,15 @@ from lab.host_root import HostRoot
 from model import load_stack_file
 
 
-def _host_entry(record: dict, host: str) -> dict:
-    return next(h for h in record["hosts"] if h["name"] == host)
+class UnknownHost(LookupError):
+    """No such host in a running lab."""
+
+
+def _host_entry(record: dict | None, host: str) -> dict:
+    entry = next((h for h in (record or {"hosts": []})["hosts"] if h["name"] == host), None)
+    if entry is None:
+        raise UnknownHost(f"no host {host!r} in a running lab (python3 -m lab status)")
+    return entry
 
 
 def descendants(pid: int) -> set[int]:

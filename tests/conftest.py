@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -61,8 +62,6 @@ def run_push(tree: HostTree, *args: str) -> subprocess.CompletedProcess:
 
 def with_content(tree: HostTree, path: str, content: str) -> HostTree:
     """The tree with one file's content replaced (e.g. broken on purpose)."""
-    import dataclasses
-
     return dataclasses.replace(tree, files={**tree.files, path: dataclasses.replace(tree.files[path], content=content)})
 
 
@@ -109,7 +108,7 @@ def lab():
     quiet = lambda _: None  # noqa: E731
     running = cluster.status()
     # A lab of a few hosts (`up --only`) is not enough: replace it with the whole one.
-    started_here = not running.get("up") or not all(h["rendered"] for h in running["hosts"])
+    started_here = not cluster.whole(running)
     if running.get("hosts") and started_here:
         cluster.down(progress=quiet)
     try:

@@ -32,15 +32,6 @@ def unique_address(local: str, domain: str = internet.REMOTE_DOMAIN) -> str:
     return f"{local}-{time.time_ns()}@{domain}"
 
 
-def message(sender: str, recipient: str, subject: str) -> tuple[str, str]:
-    message_id = f"<{subject.replace(' ', '-')}-{time.time_ns()}@{sender.split('@')[1]}>"
-    text = (
-        f"From: {sender}\r\nTo: {recipient}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n"
-        f"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n\r\n{subject}: {message_id}\r\n"
-    )
-    return message_id, text
-
-
 class _SMTPS(smtplib.SMTP_SSL):
     """SMTP over TLS from the first byte to an address, with the certificate checked against a name."""
 

@@ -21,7 +21,6 @@ import dns.message
 import dns.query
 import dns.reversename
 import pytest
-from lab_mailflow_helpers import message as new_message
 
 from lab import NETNS_PREFIX, STATE_DIR, clients, cluster, daemons, dns_server, internet, network, state
 from lab.netns import in_netns
@@ -112,7 +111,7 @@ def test_lab_up_twice_changes_nothing(lab):
 @needs_lab
 def test_lab_mail_from_the_internet_reaches_alice_over_imaps_through_the_frontend(lab):
     alice = lab["accounts"][0]
-    message_id, text = new_message(f"dave@{internet.REMOTE_DOMAIN}", alice["address"], "inbound")
+    message_id, text = clients.message(f"dave@{internet.REMOTE_DOMAIN}", alice["address"], "inbound")
     client = clients.smtp(lab, lab["endpoints"]["mx"][1])
     try:
         client.sendmail(f"dave@{internet.REMOTE_DOMAIN}", [alice["address"]], text)
@@ -127,7 +126,7 @@ def test_lab_mail_from_the_internet_reaches_alice_over_imaps_through_the_fronten
 def test_lab_submission_through_the_frontend_reaches_the_remote_mta_dkim_signed(lab):
     alice = lab["accounts"][0]
     recipient = f"eve@{internet.REMOTE_DOMAIN}"
-    message_id, text = new_message(alice["address"], recipient, "outbound")
+    message_id, text = clients.message(alice["address"], recipient, "outbound")
     with clients.submission(lab, alice) as client:
         client.sendmail(alice["address"], [recipient], text)
     message = clients.remote_message(lab, recipient, message_id)

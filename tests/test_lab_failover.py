@@ -63,14 +63,14 @@ def test_lab_primary_maildrop_down_imap_and_inbound_mail_fail_over_to_the_backup
     sender = f"{tag}@{internet.REMOTE_DOMAIN}"
     # Steady state first: the primary has just replicated a message of its own (a fresh replicator,
     # which never synced, would sync everything on start anyway and prove nothing here).
-    before, text = common.message(sender, alice["address"], "before the primary goes down", tag)
+    before, text = clients.message(sender, alice["address"], "before the primary goes down", tag)
     common.remote_send(sender, alice["address"], text)
     for host in (PRIMARY, BACKUP):
         assert _wait_ids(lab, host, alice, tag, {before}, timeout=60) == [before], host
     with lab_hosts.stopped(PRIMARY) as restart:
         assert common.frontend_login(lab, alice), "no IMAPS login through the frontend with the primary down"
         # Through the real MX path: smtp-in resolves maildrop.example.com MX 10 (down), then MX 20.
-        first, text = common.message(sender, alice["address"], "while the primary is down", tag)
+        first, text = clients.message(sender, alice["address"], "while the primary is down", tag)
         with mx_session(lab, lab["endpoints"]["mx"][1]) as client:
             client.sendmail(sender, [alice["address"]], text)
         assert first in _wait_ids(lab, BACKUP, alice, tag, {before, first}, timeout=60), "not on the backup"
@@ -88,7 +88,7 @@ def test_lab_primary_maildrop_down_imap_and_inbound_mail_fail_over_to_the_backup
     # Mail goes on arriving, and both maildrops end up with all of it. (Either may take it for a
     # while: smtp-in reuses its cached connection to the backup, up to
     # smtp_connection_reuse_time_limit, as Postfix does for any destination with several MXes.)
-    second, text = common.message(sender, alice["address"], "after the primary is back", tag)
+    second, text = clients.message(sender, alice["address"], "after the primary is back", tag)
     with mx_session(lab, lab["endpoints"]["mx"][1]) as client:
         client.sendmail(sender, [alice["address"]], text)
     for host in (PRIMARY, BACKUP):
@@ -110,7 +110,7 @@ def test_lab_remote_mta_falls_back_to_another_mx_while_an_smtp_in_is_down(whole)
         for n in range(15):
             offset = log.stat().st_size
             sender = f"{tag}-{n}@{internet.REMOTE_DOMAIN}"
-            message_id, text = common.message(sender, alice["address"], "while an smtp-in is down", tag)
+            message_id, text = clients.message(sender, alice["address"], "while an smtp-in is down", tag)
             common.remote_send(sender, alice["address"], text)
             raw = clients.imap_message(lab, alice, message_id, timeout=60)
             assert raw is not None, f"message {n} did not arrive within 60 s"
@@ -136,7 +136,7 @@ def test_lab_burst_during_maildrop_and_mx_failures_loses_and_duplicates_nothing(
     for n in range(BURST):
         # A sender per message: no (sender, recipient, network) triple repeats for rspamd's greylist.
         sender = f"{tag}-{n}@{internet.REMOTE_DOMAIN}"
-        message_id, text = common.message(sender, alice["address"], f"burst {n}", tag)
+        message_id, text = clients.message(sender, alice["address"], f"burst {n}", tag)
         batch.append((message_id, sender, alice["address"], text))
     want = {m for m, *_ in batch}
     backup = common.maildrops(lab)[BACKUP]

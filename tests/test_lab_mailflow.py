@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from lab_mailflow_helpers import (
     doveadm_message,
-    message,
     mx_session,
     postfix_log,
     rcpt_answer,
@@ -50,7 +49,7 @@ def account(lab: dict, user: str) -> dict:
 def send_inbound(lab: dict, host: str, port: int, recipient: str, subject: str) -> tuple[str, str]:
     """Mail from the internet to `recipient` through one smtp-in; (sender, Message-ID)."""
     sender = unique_address("dave")
-    message_id, text = message(sender, recipient, subject)
+    message_id, text = clients.message(sender, recipient, subject)
     with mx_session(lab, mx_endpoint(host, port)) as client:
         assert client.sendmail(sender, [recipient], text) == {}  # every recipient accepted
     return sender, message_id
@@ -67,7 +66,7 @@ def remote_envelope_sender(found) -> str:
 def test_submission_reaches_the_remote_mta_dkim_signed_and_passing_spf(lab):
     alice = account(lab, "alice")
     recipient = unique_address("eve")
-    message_id, text = message(alice["address"], recipient, "submitted")
+    message_id, text = clients.message(alice["address"], recipient, "submitted")
     with clients.submission(lab, alice) as client:  # the frontend's 587, STARTTLS, AUTH as alice
         client.sendmail(alice["address"], [recipient], text)
     found = clients.remote_message(lab, recipient, message_id)
@@ -143,7 +142,7 @@ def test_smtp_in_accepts_mail_although_a_dnsbl_refuses_every_query(lab):
     assert answers == {"127.255.255.254"}
     alice = account(lab, "alice")
     sender = unique_address("dave")
-    message_id, text = message(sender, alice["address"], "refusing dnsbl")
+    message_id, text = clients.message(sender, alice["address"], "refusing dnsbl")
     with mx_session(lab, mx_endpoint(host, STACK.ports.smtp)) as client:
         assert client.sendmail(sender, [alice["address"]], text) == {}
     assert clients.imap_message(lab, alice, message_id) is not None, "not in alice's INBOX within 30 s"

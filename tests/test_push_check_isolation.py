@@ -8,9 +8,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import run_push
 
 from render.tree import Check, FileSpec, HostTree
-from tests.conftest import run_push
 
 pytestmark = pytest.mark.checkers
 
