@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _lab_common as common
-from lab import cluster
+from lab import cluster, traffic
 from lab import hosts as lab_hosts
 from model import load_stack_file
 
@@ -58,7 +58,7 @@ class Prober(threading.Thread):
 
     def _attempt(self) -> None:
         started = time.monotonic()
-        ok = common.frontend_login(self.status, self.account, timeout=LOGIN_TIMEOUT)
+        ok = traffic.frontend_login(self.status, self.account, timeout=LOGIN_TIMEOUT)
         self.attempts.append((started, time.monotonic(), ok))
 
     def run(self) -> None:
@@ -146,7 +146,7 @@ def wait_failback(status: dict, account: dict, timeout: float = 30) -> float:
     started = time.monotonic()
     before = primary_logins()
     while time.monotonic() - started < timeout:
-        common.frontend_login(status, account)
+        traffic.frontend_login(status, account)
         time.sleep(0.2)
         if primary_logins() > before:
             return time.monotonic() - started

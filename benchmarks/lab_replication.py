@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _lab_common as common
-from lab import clients, internet
+from lab import clients, internet, traffic
 
 PRIMARY, PEER = "maildrop0-chbtl0", "maildrop1-ddln0"
 TARGETS = {50: 2.0, 99: 5.0}
@@ -35,9 +35,9 @@ POLL = 0.01
 class Watcher(threading.Thread):
     """First-seen time of each Message-ID containing `tag` in the account's INBOX on one maildrop."""
 
-    def __init__(self, status: dict, drop: common.Maildrop, account: dict, tag: str):
+    def __init__(self, status: dict, drop: traffic.Maildrop, account: dict, tag: str):
         super().__init__(daemon=True)
-        self.client = common.maildrop_imap(status, drop, account)
+        self.client = traffic.maildrop_imap(status, drop, account)
         self.tag = tag
         self.seen: dict[str, float] = {}
         self.running = True
@@ -54,7 +54,7 @@ class Watcher(threading.Thread):
             return
         _, fetched = self.client.uid("FETCH", ",".join(map(str, uids)), "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
         for item in fetched:
-            if isinstance(item, tuple) and (m := common.MESSAGE_ID.search(item[1])):
+            if isinstance(item, tuple) and (m := traffic.MESSAGE_ID.search(item[1])):
                 message_id = m.group(1).decode()
                 if self.tag in message_id:
                     self.seen.setdefault(message_id, now)
@@ -80,15 +80,15 @@ def main() -> int:
     args = parser.parse_args()
     with common.running_lab() as status:
         account = status["accounts"][0]
-        drops = common.maildrops(status)
+        drops = traffic.maildrops(status)
         tag = f"repl{time.time_ns() % 10**10}"
         watchers = {host: Watcher(status, drops[host], account, tag) for host in (PRIMARY, PEER)}
         for w in watchers.values():
             w.start()
         sent: dict[str, float] = {}
         try:
-            with common.extra_clients(status, args.clients, first=150) as sources:
-                mtas = common.senders(status, sources, account["address"].split("@")[1])
+            with traffic.extra_clients(status, args.clients, first=150) as sources:
+                mtas = traffic.senders(status, sources, account["address"].split("@")[1])
                 # One thread per MTA: an SMTP session is used by one thread at a time.
                 pools = [ThreadPoolExecutor(max_workers=1) for _ in mtas]
                 futures = []

@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _lab_common as common
-from lab import NETNS_PREFIX, clients, daemons, host_root, internet, state
+from lab import NETNS_PREFIX, clients, daemons, host_root, internet, state, traffic
 from lab.host_root import DAEMON_ENV, HostRoot
 from lab.netns import pids_in
 from render.tree import FileSpec
@@ -153,7 +153,7 @@ class Figures:
 
 
 def run(
-    mtas: list[common.Sender],
+    mtas: list[traffic.Sender],
     messages: list[tuple[str, str, str, str]],
     count: Callable[[], int],
     hosts: list[dict],
@@ -167,7 +167,7 @@ def run(
     client_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        sending = pool.submit(common.send_from_many, mtas, messages, timeout)
+        sending = pool.submit(traffic.send_from_many, mtas, messages, timeout)
         while (now := count()) < before + len(messages):
             if sending.done() and sending.exception():
                 raise sending.exception()
@@ -232,8 +232,8 @@ def measure_lab(status: dict, args: argparse.Namespace, first: int = 100, startt
     alice = status["accounts"][0]
     primary = HostRoot(PRIMARY, next(h["netns"] for h in status["hosts"] if h["name"] == PRIMARY), PRIMARY)
     tag = f"tput{time.time_ns() % 10**10}"
-    with common.extra_clients(status, args.clients, first=first) as sources:
-        mtas = common.senders(status, sources, "example.com", starttls=starttls)
+    with traffic.extra_clients(status, args.clients, first=first) as sources:
+        mtas = traffic.senders(status, sources, "example.com", starttls=starttls)
         count = lambda: stored(primary, alice["user"])  # noqa: E731
         if args.warmup:
             run(mtas, batch(f"{tag}warm", alice["address"], args.warmup), count, [], args.timeout)
@@ -246,7 +246,7 @@ def measure_single_box(status: dict, args: argparse.Namespace) -> Figures:
     with single_box() as (box, box_hosts):
         box_mx = [(10, "box.example.com", ["127.0.0.1"])]
         mtas = [
-            common.Sender(status, "127.0.0.1", box_mx, netns=box.netns, starttls=False) for _ in range(args.clients)
+            traffic.Sender(status, "127.0.0.1", box_mx, netns=box.netns, starttls=False) for _ in range(args.clients)
         ]
         count = lambda: stored(box, "alice@example.com")  # noqa: E731
         if args.warmup:

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from lab_mailflow_helpers import mx_session
 
-from benchmarks import _lab_common as common
-from lab import clients, cluster, internet
+from lab import clients, cluster, internet, traffic
 from lab import hosts as lab_hosts
 
 pytestmark = pytest.mark.lab
@@ -43,10 +42,10 @@ def _run_tag(name: str) -> str:
 
 def _wait_ids(lab: dict, host: str, account: dict, pattern: str, want: set[str], timeout: float) -> list[str]:
     """Message-IDs matching `pattern` on one maildrop, polled until `want` are all there."""
-    drop = common.maildrops(lab)[host]
+    drop = traffic.maildrops(lab)[host]
     deadline = time.monotonic() + timeout
     while True:
-        ids = common.ids_on(lab, drop, account, pattern)
+        ids = traffic.ids_on(lab, drop, account, pattern)
         if want <= set(ids) or time.monotonic() > deadline:
             return ids
         time.sleep(0.5)
@@ -64,11 +63,11 @@ def test_lab_primary_maildrop_down_imap_and_inbound_mail_fail_over_to_the_backup
     # Steady state first: the primary has just replicated a message of its own (a fresh replicator,
     # which never synced, would sync everything on start anyway and prove nothing here).
     before, text = clients.message(sender, alice["address"], "before the primary goes down", tag)
-    common.remote_send(sender, alice["address"], text)
+    traffic.remote_send(sender, alice["address"], text)
     for host in (PRIMARY, BACKUP):
         assert _wait_ids(lab, host, alice, tag, {before}, timeout=60) == [before], host
     with lab_hosts.stopped(PRIMARY) as restart:
-        assert common.frontend_login(lab, alice), "no IMAPS login through the frontend with the primary down"
+        assert traffic.frontend_login(lab, alice), "no IMAPS login through the frontend with the primary down"
         # Through the real MX path: smtp-in resolves maildrop.example.com MX 10 (down), then MX 20.
         first, text = clients.message(sender, alice["address"], "while the primary is down", tag)
         with mx_session(lab, lab["endpoints"]["mx"][1]) as client:
@@ -111,7 +110,7 @@ def test_lab_remote_mta_falls_back_to_another_mx_while_an_smtp_in_is_down(whole)
             offset = log.stat().st_size
             sender = f"{tag}-{n}@{internet.REMOTE_DOMAIN}"
             message_id, text = clients.message(sender, alice["address"], "while an smtp-in is down", tag)
-            common.remote_send(sender, alice["address"], text)
+            traffic.remote_send(sender, alice["address"], text)
             raw = clients.imap_message(lab, alice, message_id, timeout=60)
             assert raw is not None, f"message {n} did not arrive within 60 s"
             sent.append(message_id)
@@ -139,14 +138,14 @@ def test_lab_burst_during_maildrop_and_mx_failures_loses_and_duplicates_nothing(
         message_id, text = clients.message(sender, alice["address"], f"burst {n}", tag)
         batch.append((message_id, sender, alice["address"], text))
     want = {m for m, *_ in batch}
-    backup = common.maildrops(lab)[BACKUP]
-    with common.extra_clients(lab, 20) as sources, lab_hosts.stopped(PRIMARY, STOPPED_MX) as restart:
-        mtas = common.senders(lab, sources, "example.com")
+    backup = traffic.maildrops(lab)[BACKUP]
+    with traffic.extra_clients(lab, 20) as sources, lab_hosts.stopped(PRIMARY, STOPPED_MX) as restart:
+        mtas = traffic.senders(lab, sources, "example.com")
         with ThreadPoolExecutor(max_workers=1) as pool:
-            sending = pool.submit(common.send_from_many, mtas, batch, 150)
+            sending = pool.submit(traffic.send_from_many, mtas, batch, 150)
             # Midway: half the burst taken by the two remaining MXs, some of it on the backup.
             deadline = time.monotonic() + 90
-            while sum(len(m.accepted) for m in mtas) < BURST // 2 or not common.ids_on(lab, backup, alice, tag):
+            while sum(len(m.accepted) for m in mtas) < BURST // 2 or not traffic.ids_on(lab, backup, alice, tag):
                 assert not sending.done(), sending.exception()
                 assert time.monotonic() < deadline, "half the burst not taken within 90 s"
                 time.sleep(0.2)
