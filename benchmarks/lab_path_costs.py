@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _lab_common as common
 from benchmarks import lab_throughput as throughput
-from lab.host_root import DAEMON_ENV, HostRoot
+from lab.host_root import HostRoot
 
 DOVECOT_CONF = "/etc/dovecot/dovecot.conf"
 POSTFIX_MAIN = "/etc/postfix/main.cf"
@@ -98,31 +98,24 @@ def applied(status: dict, edits: tuple[Edit, ...]) -> Iterator[None]:
     saved: list[tuple[HostRoot, Edit, str]] = []
     try:
         for edit in edits:
-            found = False
-            for host in status["hosts"]:
-                if host["role"] != edit.role:
-                    continue
-                found = True
-                root = HostRoot(host["name"], host["netns"], host["name"])
-                original = inside(root, ["cat", edit.path])
-                saved.append((root, edit, original))
-                inside(root, ["tee", edit.path], edit.change(original))
-                inside(root, list(edit.reload))
-            if not found:
+            hosts = [h for h in status["hosts"] if h["role"] == edit.role]
+            if not hosts:
                 raise RuntimeError(f"no {edit.role} host in the lab")
+            for host in hosts:
+                root = HostRoot(host["name"], host["netns"], host["name"])
+                original = root.check(["cat", edit.path], f"reading {edit.path}")
+                saved.append((root, edit, original))
+                write(root, edit, edit.change(original))
         yield
     finally:
         for root, edit, original in reversed(saved):
-            inside(root, ["tee", edit.path], original)
-            inside(root, list(edit.reload))
+            write(root, edit, original)
 
 
-def inside(root: HostRoot, argv: list[str], text: str | None = None) -> str:
-    """Run argv in the host (`tee` keeps the file's inode, owner and mode); its output."""
-    result = root.run(argv, input=text, env=DAEMON_ENV)
-    if result.returncode != 0:
-        raise RuntimeError(f"{root.name}: {' '.join(argv)}: {result.stderr.strip()}")
-    return result.stdout
+def write(root: HostRoot, edit: Edit, text: str) -> None:
+    """The file's new text (`tee` keeps its inode, owner and mode), then the daemon's reload."""
+    root.check(["tee", edit.path], f"writing {edit.path}", input=text)
+    root.check(list(edit.reload), " ".join(edit.reload))
 
 
 def main() -> int:

@@ -27,7 +27,6 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -240,21 +239,15 @@ def _state(pid: int) -> str | None:
         return None
 
 
-def _check(root: HostRoot, argv: Iterable[str], what: str) -> None:
-    result = root.run(list(argv), env=DAEMON_ENV)
-    if result.returncode != 0:
-        raise RuntimeError(f"{root.name}: {what} failed: {(result.stdout + result.stderr).strip()}")
-
-
 def prepare(root: HostRoot, daemon: Daemon) -> None:
     """What the unit does before ExecStart: RuntimeDirectory=, ExecStartPre=."""
     if daemon.runtime_dirs:
         script = " && ".join(
             f"install -d -o {o.split(':')[0]} -g {o.split(':')[1]} -m {m} {p}" for p, o, m in daemon.runtime_dirs
         )
-        _check(root, ["sh", "-c", script], f"{daemon.name} runtime directories")
+        root.check(["sh", "-c", script], f"{daemon.name} runtime directories")
     for argv in daemon.prestart:
-        _check(root, argv, f"{daemon.name} {argv[0]}")
+        root.check(list(argv), f"{daemon.name} {argv[0]}")
 
 
 def command(daemon: Daemon) -> list[str]:

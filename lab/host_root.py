@@ -99,6 +99,14 @@ class HostRoot:
             [*self.enter(), *argv], input=input, capture_output=True, text=True, env=env, timeout=timeout, cwd="/"
         )
 
+    def check(self, argv: list[str], what: str, *, input: str | None = None) -> str:
+        """argv in the host as a unit's command runs (DAEMON_ENV); its output, or an error naming
+        the host, `what` and the command's own words."""
+        result = self.run(argv, input=input, env=DAEMON_ENV)
+        if result.returncode != 0:
+            raise RuntimeError(f"{self.name}: {what} failed: {(result.stdout + result.stderr).strip()}")
+        return result.stdout
+
 
 def _setup_script(root: HostRoot) -> str:
     """Runs once, inside the new mount and UTS namespaces, to lay out the host's filesystem."""

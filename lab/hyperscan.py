@@ -111,9 +111,7 @@ def share(root: HostRoot, compiled: Path) -> int:
     if files:
         # The host's lab directory is at the same path inside it (lab.host_root).
         links = [str(own / f.name) for f in files]
-        result = root.run(["ln", "-sf", "-t", CACHE_DIR, "--", *links], env=DAEMON_ENV)
-        if result.returncode != 0:
-            raise RuntimeError(f"{root.name}: sharing the hyperscan cache failed: {result.stderr.strip()}")
+        root.check(["ln", "-sf", "-t", CACHE_DIR, "--", *links], "sharing the hyperscan cache")
     return len(files)
 
 
