@@ -20,7 +20,7 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from model import NAMESPACE, Stack
-from render.keys import KeyMaterial
+from render.keys import KeyMaterial, SshHostKey
 from render.names import certificate_names, service_users
 
 # Config keys read here, not by the stack model (components.PROGRAM_KEYS must list them).
@@ -114,6 +114,12 @@ class Keys(pulumi.ComponentResource):
             if m.password_hash is None
         }
         configured = {m.name: m.password_hash for m in stack.mailboxes if m.password_hash is not None}
+        # Each VM's SSH host key: cloud-init installs it, every push to the VM pins it.
+        host_keys = {
+            host.name: tls.PrivateKey(f"ssh-host-{host.name}", algorithm="ED25519", opts=self._child)
+            for _, host in stack.vm_hosts
+        }
+        host_names = list(host_keys)
         dkim_pairs = list(dkim)
         sasl_users, mailbox_names = list(sasl), list(generated)
 
@@ -132,6 +138,12 @@ class Keys(pulumi.ComponentResource):
                 sasl_passwords=dict(zip(sasl_users, values["sasl"], strict=True)),
                 password_hashes={name: hashes[name] for name in [*stack.mailbox_names, *sasl_users]},
                 mailbox_passwords=dict(zip(mailbox_names, values["mailbox"], strict=True)),
+                ssh_host_keys={
+                    name: SshHostKey(private_openssh=private, public_openssh=" ".join(public.split()[:2]))
+                    for name, private, public in zip(
+                        host_names, values["host_private"], values["host_public"], strict=True
+                    )
+                },
             )
 
         # The mock engine (and a provider that forgets) leave private outputs unmarked: mark here.
@@ -148,6 +160,8 @@ class Keys(pulumi.ComponentResource):
                 sasl_hashes=pulumi.Output.all(*(sasl[u].bcrypt_hash for u in sasl_users)),
                 mailbox=pulumi.Output.all(*(generated[m].result for m in mailbox_names)),
                 mailbox_hashes=pulumi.Output.all(*(generated[m].bcrypt_hash for m in mailbox_names)),
+                host_private=pulumi.Output.all(*(host_keys[h].private_key_openssh for h in host_names)),
+                host_public=pulumi.Output.all(*(host_keys[h].public_key_openssh for h in host_names)),
             ).apply(material)
         )
         self.register_outputs(

@@ -7,7 +7,16 @@ In Pulumi these come from pulumi-tls / pulumi-random outputs (components/keys.py
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SshHostKey:
+    """A VM's SSH host key (ED25519), made by the program: cloud-init installs it, the push pins it."""
+
+    private_openssh: str
+    # `ssh-ed25519 AAAA...` (no comment): what the push connection's `host_key` pins.
+    public_openssh: str
 
 
 @dataclass(frozen=True)
@@ -28,3 +37,5 @@ class KeyMaterial:
     password_hashes: Mapping[str, str]
     # Mailboxes without a hash in the stack: their generated plaintext (the lab's test accounts).
     mailbox_passwords: Mapping[str, str]
+    # VM host name -> its SSH host key.
+    ssh_host_keys: Mapping[str, SshHostKey] = field(default_factory=dict)

@@ -13,11 +13,11 @@ from ipaddress import ip_address
 import bcrypt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from model import Stack
-from render.keys import KeyMaterial
+from render.keys import KeyMaterial, SshHostKey
 from render.names import certificate_names, service_users
 
 
@@ -48,6 +48,15 @@ def _certificate(subject: str, key, issuer_name, issuer_key, sans: list[str], ca
                 entries.append(x509.DNSName(name))
         builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def ssh_host_key() -> SshHostKey:
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return SshHostKey(private_openssh=private, public_openssh=public.decode())
 
 
 def password(nbytes: int = 24) -> str:
@@ -88,4 +97,5 @@ def throwaway_keys(stack: Stack, rsa_bits: int = 2048) -> KeyMaterial:
         sasl_passwords=sasl,
         password_hashes=hashes_,
         mailbox_passwords=mailbox_passwords,
+        ssh_host_keys={host.name: ssh_host_key() for _, host in stack.vm_hosts},
     )
