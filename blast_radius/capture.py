@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+from pulumi.runtime import resource as runtime_resource
 from pulumi.runtime import settings
 from pulumi.runtime.mocks import MockMonitor
 
@@ -110,12 +111,21 @@ def run(
     def program():
         runpy.run_path(str(PROGRAM), run_name="__pulumi_program__")
 
+    # Each registration walks the Python stack for the engine's source positions (a fifth of a
+    # run under mocks); nothing here reads them.
+    stack_trace, runtime_resource._get_stack_trace = runtime_resource._get_stack_trace, _no_stack_trace
     try:
         program()
     except Exception as error:
         raise ProgramError(f"{type(error).__name__}: {error}") from error
+    finally:
+        runtime_resource._get_stack_trace = stack_trace
     inputs = {(r.typ, r.name): r.inputs for r in mocks.resources}
     return {urn: _resource(urn, request, id_, inputs) for urn, request, id_ in monitor.requests}
+
+
+def _no_stack_trace():
+    return runtime_resource.source_pb2.StackTrace()
 
 
 def _resource(urn: str, request, id_: str, inputs: Mapping[tuple[str, str], Mapping[str, Any]]) -> Resource:

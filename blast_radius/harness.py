@@ -101,12 +101,10 @@ class Baseline:
         for rounds in range(1, MAX_ROUNDS + 1):
             after = capture.run(STACK, values, secrets, memo=self.memo, fresh=fresh)
             plan = classify(self.resources, after)
-            replaced = {(s.type, s.name) for s in plan.of(REPLACE)}
-            new = replaced - fresh
-            replaced_urns = {s.urn for s in plan.of(REPLACE) if (s.type, s.name) in new}
-            if not any(_depends_on(r, replaced_urns) for r in after.values()):
+            new = {s.urn: (s.type, s.name) for s in plan.of(REPLACE) if (s.type, s.name) not in fresh}
+            if not any(_may_change(r, plan, set(new)) for r in after.values()):
                 return outcome(name, self.resources, plan, rounds)
-            fresh |= new
+            fresh |= set(new.values())
         raise RuntimeError(f"{name}: replacements still spreading after {MAX_ROUNDS} evaluations")
 
     def edit(self, edit: Edit) -> Outcome:
@@ -114,10 +112,15 @@ class Baseline:
         return self.plan(values, secrets, edit.name)
 
 
-def _depends_on(resource: capture.Resource, urns: set[str]) -> bool:
-    if resource.provider in urns:
+def _may_change(resource: capture.Resource, plan: Plan, replaced: set[str]) -> bool:
+    """Whether a replacement's new outputs could change what `plan` says of `resource`: it is not
+    replaced already, and one of its inputs (or its provider) comes from a replaced resource."""
+    step = plan.steps.get(resource.urn)
+    if step is not None and step.action == REPLACE:
+        return False
+    if resource.provider in replaced:
         return True
-    return any(sources & urns for sources in resource.property_dependencies.values())
+    return any(sources & replaced for sources in resource.property_dependencies.values())
 
 
 def catalogue(baseline: Baseline | None = None) -> list[Outcome]:

@@ -119,32 +119,30 @@ def classify(before: Mapping[str, Resource], after: Mapping[str, Resource]) -> P
     # Replacements, and the dependents a delete-first replacement (or a replaced provider) drags
     # along, to a fixed point.
     replaced: dict[str, Step] = {}
+    refused: dict[str, Step] = {}
+    dragged: dict[str, set[str]] = {}
     while True:
-        found = False
+        before_round = (dict(replaced), {k: set(v) for k, v in dragged.items()})
         for urn in sorted(old_custom.keys() & new_custom.keys()):
-            if urn in replaced:
-                continue
             old, new = old_custom[urn], new_custom[urn]
-            keys = set(changes.get(urn, ()))
-            dragged = False
             for key, sources in new.property_dependencies.items():
                 if any(s in replaced and replaced[s].delete_first for s in sources) and not _ignored_key(
                     key, new.ignore_changes
                 ):
-                    keys.add(key)
-                    dragged = True
+                    dragged.setdefault(urn, set()).add(key)
+            keys = changes.get(urn, set()) | dragged.get(urn, set())
             forcing = _forcing(new, keys)
             if new.provider and new.provider in replaced:
                 forcing.add("(provider)")
             if not forcing:
-                if dragged:
-                    changes[urn] = keys
                 continue
-            rule = behaviour(new.type)
+            if old.protect:
+                refused[urn] = Step(urn, new.type, new.name, REFUSED, keys=tuple(sorted(forcing)), refused=REPLACE)
+                continue
             delete_first = new.delete_before_replace
             if delete_first is None:
-                delete_first = rule.delete_first(new.inputs)
-            step = Step(
+                delete_first = behaviour(new.type).delete_first(new.inputs)
+            replaced[urn] = Step(
                 urn,
                 new.type,
                 new.name,
@@ -153,14 +151,11 @@ def classify(before: Mapping[str, Resource], after: Mapping[str, Resource]) -> P
                 delete_first=delete_first,
                 old_retained=old.retain_on_delete,
             )
-            if old.protect:
-                step = Step(urn, new.type, new.name, REFUSED, keys=step.keys, refused=REPLACE)
-                plan.steps[urn] = step
-                continue
-            replaced[urn] = step
-            found = True
-        if not found:
+        if (replaced, dragged) == before_round:
             break
+    for urn, keys in dragged.items():
+        changes[urn] = changes.get(urn, set()) | keys
+    plan.steps.update(refused)
 
     for urn in sorted(new_custom.keys() - old_custom.keys()):
         new = new_custom[urn]
