@@ -45,22 +45,30 @@ def _domain(values: Values, name: str) -> dict:
     return next(d for d in values["domains"] if d["name"] == name)
 
 
+def _override(values: Values, host: str) -> dict:
+    return values.setdefault("vm_overrides", {}).setdefault(host, {})
+
+
 def disk_size(values: Values, _: Secrets) -> None:
-    values["vm_disk_gib"] = values.get("vm_disk_gib", 16) + 4
+    # The maildrop's two disks at once: its root disk and the mail volume.
+    shape = _override(values, "maildrop0-chbtl0")
+    shape["disk_gib"] = values.get("vm_disk_gib", 16) + 4
+    shape["mail_gib"] = values.get("vm_mail_gib", 32) * 2
 
 
 def memory(values: Values, _: Secrets) -> None:
-    values["vm_memory_mib"] = values.get("vm_memory_mib", 8192) + 4096
+    _override(values, "smtp-in-nlams2")["memory_mib"] = values.get("vm_memory_mib", 8192) + 4096
 
 
 def vcpus(values: Values, _: Secrets) -> None:
-    values["vm_vcpus"] = values.get("vm_vcpus", 4) + 2
+    _override(values, "smtp-in-nlams2")["vcpus"] = values.get("vm_vcpus", 4) + 2
 
 
 def image(values: Values, _: Secrets) -> None:
-    values["debian_image"] = (
-        "https://cloud.debian.org/images/cloud/bookworm/20260101-2345/debian-12-genericcloud-amd64-20260101-2345.qcow2"
-    )
+    values["debian_image"] = {
+        "url": "https://cloud.debian.org/images/cloud/bookworm/20261201-2380/debian-12-genericcloud-amd64-20261201-2380.qcow2",
+        "sha512": "1" * 128,
+    }
 
 
 def site_pool(values: Values, _: Secrets) -> None:
@@ -115,9 +123,9 @@ def relay_client_removed(values: Values, _: Secrets) -> None:
 
 
 CATALOGUE: tuple[Edit, ...] = (
-    Edit("disk size (vm_disk_gib +4)", disk_size),
-    Edit("memory (vm_memory_mib +4096)", memory),
-    Edit("vCPUs (vm_vcpus +2)", vcpus),
+    Edit("disk size (maildrop0-chbtl0: root +4 GiB, mail x2)", disk_size),
+    Edit("memory (smtp-in-nlams2 +4 GiB)", memory),
+    Edit("vCPUs (smtp-in-nlams2 +2)", vcpus),
     Edit("Debian image (next dated build)", image),
     Edit("pool of site chbtl0", site_pool),
     Edit("bridge of site chrma0", site_bridge),

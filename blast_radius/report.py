@@ -22,14 +22,18 @@ def _short(typ: str) -> str:
 
 
 def _group(steps: Iterable[Step], with_keys: bool = True) -> str:
+    """`Domain ×1 (memory): smtp-in-nlams2-domain; Command ×12 (triggers)`: by type and cause."""
     groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for step in steps:
-        groups.setdefault((_short(step.type), step.keys if with_keys else ()), []).append(step.name)
+        why = step.keys if with_keys else ()
+        if step.old_retained and step.action == REPLACE:
+            why = (*why, "old one retained")
+        groups.setdefault((_short(step.type), why), []).append(step.name)
     parts = []
-    for (typ, keys), names in sorted(groups.items()):
-        why = f" ({', '.join(keys)})" if keys else ""
+    for (typ, why), names in sorted(groups.items()):
+        because = f" ({', '.join(why)})" if why else ""
         which = f": {', '.join(sorted(names))}" if len(names) <= NAMED else ""
-        parts.append(f"{typ} ×{len(names)}{why}{which}")
+        parts.append(f"{typ} ×{len(names)}{because}{which}")
     return "; ".join(parts) or "–"
 
 

@@ -50,6 +50,33 @@ def test_no_edit_takes_more_than_one_host_of_a_role_down(outcomes, edit):
     assert {role: hosts for role, hosts in by_edit[edit].down.items() if len(hosts) > 1} == {}
 
 
+@pytest.mark.parametrize("edit", EDITS)
+def test_a_vm_an_edit_replaces_is_pushed_again(outcomes, edit):
+    # The push's triggers carry its VM's domain id: a new VM (a new id) runs its push again,
+    # pulumi-command v1.2.1 replacing a Command whose triggers change (common/inputs.go:10).
+    _, by_edit = outcomes
+    plan = by_edit[edit].plan
+    rebuilt = {s.name.removesuffix("-domain") for s in plan.of(REPLACE) if s.type == DOMAIN}
+    pushed = {s.name.removesuffix("-push") for s in plan.of(REPLACE, CREATE) if s.type == COMMAND}
+    assert rebuilt <= pushed
+
+
+def test_rebuilding_a_maildrop_keeps_its_mail_and_pushes_it_again(outcomes):
+    baseline, _ = outcomes
+    values = dict(baseline.values, vm_overrides={"maildrop0-chbtl0": {"rebuild": 1}})
+    rebuilt = baseline.plan(values, baseline.secrets, "rebuild maildrop0-chbtl0")
+    assert rebuilt.down == {"maildrop": ["maildrop0-chbtl0"]}
+    assert rebuilt.mail == {"maildrop0-chbtl0": KEPT, "maildrop1-ddln0": KEPT}
+    steps = {(s.name, s.action) for s in rebuilt.plan.steps.values()}
+    assert {
+        ("maildrop0-chbtl0-root-r1", CREATE),
+        ("maildrop0-chbtl0-cloudinit-r1", CREATE),
+        ("maildrop0-chbtl0-root", DELETE),
+        ("maildrop0-chbtl0-domain", REPLACE),
+        ("maildrop0-chbtl0-push", REPLACE),
+    } <= steps
+
+
 # ---- the engine model on small cases ---------------------------------------------------------
 def _resource(typ: str, name: str, **fields) -> Resource:
     fields.setdefault("inputs", {})
