@@ -92,6 +92,8 @@ def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
 
 
 def _ignored_key(key: str, ignore_changes: Iterable[str]) -> bool:
+    """Whether `ignore_changes` names the whole input. A path inside it (`disks[0].volumeId`) does
+    not hide an input that becomes unknown as a whole, so it counts as changed."""
     return any(_path(text)[:1] == [key] and len(_path(text)) == 1 for text in ignore_changes)
 
 

@@ -143,12 +143,17 @@ BEHAVIOURS: dict[str, Behaviour] = {
             f"{COMMAND}/pkg/provider/remote/commandController.go:26-92",
         ),
     ),
-    # local.Command: the same ResourceInputs (local/command.go:45-48, common/inputs.go:10).
+    # local.Command: the same ResourceInputs (local/command.go:45-48, common/inputs.go:10); its
+    # Update also runs `create` again when there is no `update` (local/commandController.go:67-90).
     "command:local:Command": Behaviour(
         replace=frozenset({"triggers"}),
         order=CREATE_FIRST,
-        notes="as remote.Command",
-        sources=(f"{COMMAND}/pkg/provider/local/command.go:45-48", f"{COMMAND}/pkg/provider/common/inputs.go:10"),
+        notes="as remote.Command: an update without `update` runs `create` again",
+        sources=(
+            f"{COMMAND}/pkg/provider/local/command.go:45-48",
+            f"{COMMAND}/pkg/provider/common/inputs.go:10",
+            f"{COMMAND}/pkg/provider/local/commandController.go:67-90",
+        ),
     ),
     # resource_private_key.go:57-84: algorithm, rsa_bits, ecdsa_curve RequiresReplace; Update is
     # a no-op (270-272: "changes to this resource will force a re-create").
