@@ -96,6 +96,7 @@ def run(
     secrets: Mapping[str, str] | None = None,
     memo: dict | None = None,
     fresh: frozenset[tuple[str, str]] = frozenset(),
+    program_path: Path = PROGRAM,
 ) -> dict[str, Resource]:
     """urn -> Resource for the program evaluated with `values` as stack `stack_name`'s config;
     `fresh`: (type, name) of resources to answer as replaced (new id, new outputs)."""
@@ -109,7 +110,7 @@ def run(
 
     @pulumi.runtime.test
     def program():
-        runpy.run_path(str(PROGRAM), run_name="__pulumi_program__")
+        runpy.run_path(str(program_path), run_name="__pulumi_program__")
 
     # Each registration walks the Python stack for the engine's source positions (a fifth of a
     # run under mocks); nothing here reads them.

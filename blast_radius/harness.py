@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from blast_radius import capture
@@ -88,18 +89,27 @@ class Baseline:
     """The prod stack as deployed: one evaluation shared by every edit, and the memo that keeps
     keys and passwords as the state would."""
 
-    def __init__(self, values: Mapping[str, Any] | None = None, secrets: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        values: Mapping[str, Any] | None = None,
+        secrets: Mapping[str, str] | None = None,
+        program: Path = capture.PROGRAM,
+    ):
         self.values = dict(stack_file_values(STACK) if values is None else values)
         self.secrets = dict(secrets or {})
+        self.program = program
         self.memo: dict = {}
-        self.resources = capture.run(STACK, self.values, self.secrets, memo=self.memo)
+        self.resources = self._run(self.values, self.secrets)
+
+    def _run(self, values: Mapping[str, Any], secrets: Mapping[str, str], fresh=frozenset()):
+        return capture.run(STACK, values, secrets, memo=self.memo, fresh=fresh, program_path=self.program)
 
     def plan(self, values: Mapping[str, Any], secrets: Mapping[str, str], name: str = "") -> Outcome:
         """The steps from the baseline to the program with `values`, following every
         replacement's new outputs into its dependents (one more evaluation per round)."""
         fresh: frozenset[tuple[str, str]] = frozenset()
         for rounds in range(1, MAX_ROUNDS + 1):
-            after = capture.run(STACK, values, secrets, memo=self.memo, fresh=fresh)
+            after = self._run(values, secrets, fresh)
             plan = classify(self.resources, after)
             new = {s.urn: (s.type, s.name) for s in plan.of(REPLACE) if (s.type, s.name) not in fresh}
             if not any(_may_change(r, plan, set(new)) for r in after.values()):

@@ -177,6 +177,31 @@ def test_a_replacement_reaches_a_push_through_its_triggers():
     ) == {"push": (UPDATE, False)}
 
 
+SMALL_PROGRAM = """
+import pulumi
+import pulumi_command.remote as remote
+import pulumi_tls as tls
+
+key = tls.PrivateKey("key", algorithm=pulumi.Config("mail-cluster").require("algorithm"))
+remote.Command("push", connection=remote.ConnectionArgs(host="h"), create="true", triggers=[key.id])
+"""
+
+
+def test_a_create_first_replacement_hands_its_new_id_to_its_dependents(tmp_path):
+    # A PrivateKey is replaced create-first when its algorithm changes (terraform-provider-tls
+    # v4.2.1 internal/provider/resource_private_key.go:57-62); the push whose triggers hold its id
+    # sees the new id only once the key exists: a second evaluation with the key's new outputs.
+    program = tmp_path / "__main__.py"
+    program.write_text(SMALL_PROGRAM)
+    baseline = Baseline({"algorithm": "RSA"}, program=program)
+    outcome = baseline.plan({"algorithm": "ED25519"}, {}, "new key")
+    assert {s.name: (s.action, s.delete_first) for s in outcome.plan.steps.values()} == {
+        "key": (REPLACE, False),
+        "push": (REPLACE, False),
+    }
+    assert outcome.rounds == 2
+
+
 def test_a_type_without_recorded_behaviour_is_an_error():
     with pytest.raises(UnknownResourceType):
         classify({}, _state(_resource("aws:s3/bucket:Bucket", "b")))
