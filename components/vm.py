@@ -12,6 +12,7 @@ import pulumi_libvirt as libvirt
 from components.push import Pushes
 from model import Host, Site, Stack
 from render import cloud_init
+from render.keys import SshHostKey
 
 GIB = 1024**3
 
@@ -57,6 +58,7 @@ class DebianVm(pulumi.ComponentResource):
         role: str,
         host: Host,
         hypervisor: Hypervisor,
+        host_key: pulumi.Output[SshHostKey],
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mail:vm:DebianVm", host.name, None, opts)
@@ -75,7 +77,8 @@ class DebianVm(pulumi.ComponentResource):
             f"{host.name}-cloudinit",
             name=f"{host.name}-cloudinit.iso",
             pool=site.pool,
-            user_data=cloud_init.user_data(stack, role, host),
+            # Carries the VM's SSH host key (private): a secret.
+            user_data=pulumi.Output.secret(host_key.apply(lambda key: cloud_init.user_data(stack, role, host, key))),
             network_config=cloud_init.network_config(stack, host),
             meta_data=cloud_init.meta_data(stack, host),
             opts=child,
@@ -118,7 +121,8 @@ class VmRole(pulumi.ComponentResource):
         self.vms: dict[str, DebianVm] = {}
         self.pushes: dict[str, pulumi.Resource] = {}
         for host in getattr(stack.hosts, self.ROLE):
-            vm = DebianVm(stack, self.ROLE, host, hypervisors[host.site], pulumi.ResourceOptions(parent=self))
+            host_key = pushes.material.apply(lambda keys, name=host.name: keys.ssh_host_keys[name])
+            vm = DebianVm(stack, self.ROLE, host, hypervisors[host.site], host_key, pulumi.ResourceOptions(parent=self))
             self.vms[host.name] = vm
             self.pushes[host.name] = pushes.push(
                 host.name, self.ROLE, host, vm.address, parent=self, depends_on=[vm.domain]
