@@ -9,9 +9,8 @@ only makes the VM reachable and installs the daemons the push will configure.
 from __future__ import annotations
 
 import hashlib
-from ipaddress import IPv4Address, IPv6Address
 
-from model import Host, Site, Stack
+from model import Host, Stack
 from render.keys import SshHostKey
 from render.maildrop import USERS_HOME
 from render.templates import render
@@ -61,13 +60,6 @@ def mac_address(host: Host) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
-def gateways(site: Site) -> tuple[IPv4Address, IPv6Address]:
-    """The site's IPv4 and IPv6 default gateways: the stack's, or each site-local prefix's first address."""
-    ipv4 = getattr(site, "gateway_ipv4", None) or next(site.site_local.ipv4.hosts())
-    ipv6 = getattr(site, "gateway_ipv6", None) or next(site.site_local.ipv6.hosts())
-    return ipv4, ipv6
-
-
 def packages(role: str) -> list[str]:
     return list(dict.fromkeys(COMMON_PACKAGES + PACKAGES[role]))
 
@@ -112,24 +104,23 @@ def mail_volume_script() -> str:
 
 def network_config(stack: Stack, host: Host) -> str:
     site = stack.site_by_name[host.site]
-    gateway_ipv4, gateway_ipv6 = gateways(site)
     return render(
         "vm",
         "/network-config",
         mac=mac_address(host),
         addresses=[f"{host.ipv6}/{site.site_local.ipv6.prefixlen}", f"{host.ipv4}/{site.site_local.ipv4.prefixlen}"],
         public_addresses=[f"{a}/{128 if ':' in a else 32}" for a in host.public_addresses],
-        gateway_ipv4=str(gateway_ipv4),
-        gateway_ipv6=str(gateway_ipv6),
+        gateway_ipv4=str(site.router_ipv4),
+        gateway_ipv6=str(site.router_ipv6),
         resolvers=[str(r) for r in site.resolvers],
     )
 
 
 def meta_data(stack: Stack, host: Host) -> str:
-    return render("vm", "/meta-data", instance_id=instance_id(host), hostname=host.name)
+    return render("vm", "/meta-data", instance_id=instance_id(stack, host), hostname=host.name)
 
 
-def instance_id(host: Host) -> str:
+def instance_id(stack: Stack, host: Host) -> str:
     """cloud-init runs its once-per-instance modules when this changes: with the host's rebuild
-    counter, a rebuilt VM is set up anew (host key, users, mail volume mount) and an unchanged one is not."""
-    return f"{host.name}-{getattr(host, 'rebuild', 0)}"
+    counter, a rebuilt VM is set up anew (host key, root's key, packages) and an unchanged one is not."""
+    return f"{host.name}-{stack.shape(host).rebuild}"

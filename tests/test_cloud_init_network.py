@@ -57,7 +57,7 @@ def test_renderers_are_debians_cloud_init_22_4(rendered):
 
 def test_eni_sets_both_default_routes_without_net_tools(rendered):
     site, out = rendered.site, rendered.out
-    gateway4, gateway6 = cloud_init.gateways(site)
+    gateway4, gateway6 = site.router_ipv4, site.router_ipv6
     stanzas = eni_stanzas(out.eni)
     assert f"gateway {gateway4}" in stanzas["site-local", "inet"], out.eni
     assert f"gateway {gateway6}" in stanzas["site-local", "inet6"], out.eni
@@ -93,7 +93,7 @@ def test_netplan_sets_both_default_routes_resolvers_and_no_router_advertisements
     site, host, out = rendered.site, rendered.host, rendered.out
     ethernets = yaml.safe_load(out.netplan)["network"]["ethernets"]
     nic = ethernets["site-local"]
-    gateway4, gateway6 = cloud_init.gateways(site)
+    gateway4, gateway6 = site.router_ipv4, site.router_ipv6
     defaults = {r["to"]: r["via"] for r in nic.get("routes", []) if r["to"] in ("default", "0.0.0.0/0", "::/0")}
     assert nic.get("gateway4", defaults.get("0.0.0.0/0")) == str(gateway4), out.netplan
     assert nic.get("gateway6", defaults.get("::/0")) == str(gateway6), out.netplan

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from model import VmShape
 from render import cloud_init
 from tests import debian_cloud_init
 
@@ -50,12 +51,16 @@ def test_mail_volume_is_formatted_only_when_blank_and_mounted_by_label():
 
 
 def test_instance_id_changes_with_the_rebuild_counter_only(stacks):
-    host = stacks["lab"].hosts.maildrop[0]
-    assert cloud_init.instance_id(host) == f"{host.name}-{getattr(host, 'rebuild', 0)}"
-    rebuilt = host.model_copy(update={"rebuild": getattr(host, "rebuild", 0) + 1})
-    assert cloud_init.instance_id(rebuilt) != cloud_init.instance_id(host)
-    meta = yaml.safe_load(cloud_init.meta_data(stacks["lab"], host))
-    assert meta == {"instance-id": cloud_init.instance_id(host), "local-hostname": host.name}
+    stack = stacks["lab"]
+    host = stack.hosts.maildrop[0]
+    rebuilt = stack.model_copy(update={"vm_overrides": {host.name: VmShape(rebuild=stack.shape(host).rebuild + 1)}})
+    assert cloud_init.instance_id(stack, host) == f"{host.name}-{stack.shape(host).rebuild}"
+    assert cloud_init.instance_id(rebuilt, host) != cloud_init.instance_id(stack, host)
+    # Its peer is not rebuilt: same instance-id, cloud-init does not run again there.
+    peer = stack.peer(host)
+    assert cloud_init.instance_id(rebuilt, peer) == cloud_init.instance_id(stack, peer)
+    meta = yaml.safe_load(cloud_init.meta_data(stack, host))
+    assert meta == {"instance-id": cloud_init.instance_id(stack, host), "local-hostname": host.name}
 
 
 def test_user_data_passes_debians_cloud_init_schema(stacks, keys, stack_name):

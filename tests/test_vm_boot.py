@@ -123,7 +123,7 @@ def _destinations(stack, host) -> list[str]:
 
 def _assert_as_the_program_says(guest: Guest, facts: dict) -> None:
     stack, host, site = guest.stack, guest.host, guest.site
-    gateway4, gateway6 = cloud_init.gateways(site)
+    gateway4, gateway6 = site.router_ipv4, site.router_ipv6
     prefixes = site.site_local
     site_local = sorted([f"{host.ipv4}/{prefixes.ipv4.prefixlen}", f"{host.ipv6}/{prefixes.ipv6.prefixlen}"])
     assert (facts["hostname"], facts["fqdn"]) == (host.name, stack.fqdn(host))
@@ -137,7 +137,7 @@ def _assert_as_the_program_says(guest: Guest, facts: dict) -> None:
     assert facts["authorized_keys"] == [stack.ssh_public_key]
     assert facts["host_keys"] == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
     assert facts["host_key"] == guest.host_key.public_openssh.split()[:2]
-    assert facts["instance_id"] == cloud_init.instance_id(host)
+    assert facts["instance_id"] == cloud_init.instance_id(stack, host)
     if guest.role == "maildrop":
         mail = facts["mail"]
         assert mail and (mail["source"], mail["fstype"], mail["label"]) == (cloud_init.MAIL_DEVICE, "ext4", "mail")

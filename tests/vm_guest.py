@@ -251,7 +251,7 @@ class Guest:
     def qemu_argv(self) -> list[str]:
         site = self.site
         ipv4, ipv6 = site.site_local.ipv4, site.site_local.ipv6
-        gateway4, gateway6 = cloud_init.gateways(site)
+        gateway4, gateway6 = site.router_ipv4, site.router_ipv6
         taken = {self.host.ipv4, self.host.ipv6, gateway4, gateway6, *site.resolvers}
         # qemu's own DNS forwarder must not sit on an address the guest uses.
         dns4 = next(a for a in reversed(list(ipv4.hosts())) if a not in taken)
