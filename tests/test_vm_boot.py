@@ -27,7 +27,7 @@ import pytest
 
 from render import cloud_init
 from tests.conftest import ROOT
-from tests.vm_guest import Guest, image, unavailable
+from tests.vm_guest import Guest, debian_mirror, image, unavailable
 
 pytestmark = pytest.mark.vm
 
@@ -178,3 +178,18 @@ def test_vm_comes_up_as_the_program_says_and_a_second_boot_changes_nothing(role,
     print(f"{guest.host.name}: boots {[round(b) for b in guest.boots]} s, test {time.monotonic() - started:.0f} s")
     if role != "maildrop":  # the maildrop stays up for vm_guest's users
         guest.shutdown()
+
+
+def test_image_comes_from_the_mirror_apt_uses(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "other.sources").write_text(
+        "Types: deb\nURIs: http://elsewhere.example/x\nSuites: nodistro\nComponents: main\n"
+    )
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+    )
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").unlink()
+    (tmp_path / "sources.list").write_text("deb [arch=amd64] http://old.example/debian bookworm main\n")
+    assert debian_mirror(tmp_path) == "http://old.example/debian"

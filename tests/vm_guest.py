@@ -95,9 +95,9 @@ class Image:
     build_seconds: float | None  # None: taken from the cache
 
 
-def debian_mirror() -> str:
+def debian_mirror(apt: Path = Path("/etc/apt")) -> str:
     """The Debian mirror this machine's apt uses (deb822 or one-line sources), for debootstrap."""
-    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    sources = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))]
     for path in sources:
         if not path.is_file():
             continue
