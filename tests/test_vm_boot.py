@@ -19,20 +19,17 @@ checked with Debian's cloud-init code in test_cloud_init_network.py).
 
 from __future__ import annotations
 
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from render import cloud_init
-from tests.conftest import ROOT
-from tests.vm_guest import Guest, debian_mirror, image, unavailable
+from tests.vm_fixtures import keep_logs
+from tests.vm_guest import Guest, debian_mirror
 
 pytestmark = pytest.mark.vm
 
 BOOT_ROLES = ("maildrop", "smtp_in", "smtp_out")
-LOGS = ROOT / "artifacts" / "vm-logs"
 # Modules that need a Debian mirror: their failure is the one this test expects.
 NEEDS_A_MIRROR = ("package_update_upgrade_install", "package-update-upgrade-install", "scripts_user", "scripts-user")
 CLOUD_INIT_TIMEOUT = 900
@@ -41,73 +38,6 @@ CLOUD_INIT_TIMEOUT = 900
 def seed_shape(stack, role, host) -> tuple[bool, bool]:
     """What makes one seed differ from another in shape: a mail volume, public addresses."""
     return role == "maildrop", bool(host.public_addresses)
-
-
-@pytest.fixture(scope="session")
-def vm_image():
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    return image()
-
-
-@pytest.fixture(scope="session")
-def operator_key(tmp_path_factory) -> Path:
-    """A throwaway operator key: the stack copy the guests get names its public half."""
-    key = tmp_path_factory.mktemp("operator") / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vm-boot-test", "-f", str(key)], check=True)
-    return key
-
-
-@pytest.fixture(scope="session")
-def vm_stack(stacks, operator_key):
-    """The lab stack (documentation addresses only) with the test's operator key."""
-    public = operator_key.with_suffix(".pub").read_text().strip()
-    return stacks["lab"].model_copy(update={"ssh_public_key": public})
-
-
-@pytest.fixture(scope="session")
-def vm_guests(vm_image, vm_stack, keys, operator_key, tmp_path_factory):
-    """role -> its first host's Guest, booted on first use and left running; all stopped at the end."""
-    guests: dict[str, Guest] = {}
-
-    def guest(role: str) -> Guest:
-        if role not in guests:
-            host = getattr(vm_stack.hosts, role)[0]
-            g = Guest(
-                stack=vm_stack,
-                role=role,
-                host=host,
-                host_key=keys["lab"].ssh_host_keys[host.name],
-                operator_key=operator_key,
-                image=vm_image,
-                workdir=tmp_path_factory.mktemp(f"vm-{host.name}"),
-            )
-            g.prepare()
-            guests[role] = g
-            try:
-                g.boot()
-            finally:
-                _keep_logs(g)
-        return guests[role]
-
-    yield guest
-    for g in guests.values():
-        g.shutdown()
-        _keep_logs(g)
-
-
-@pytest.fixture(scope="session")
-def vm_guest(vm_guests) -> Guest:
-    """A running maildrop guest for tests over real SSH (e.g. the program's push command):
-    `ssh_argv()` logs in as root with the pinned host key; `port`, `operator_key`, `known_hosts`."""
-    return vm_guests("maildrop")
-
-
-def _keep_logs(guest: Guest) -> None:
-    LOGS.mkdir(parents=True, exist_ok=True)
-    for log in guest.workdir.glob("console-*.log"):
-        (LOGS / f"{guest.host.name}-{log.name}").write_bytes(log.read_bytes())
 
 
 def _wait_for_cloud_init(guest: Guest) -> str:
@@ -166,7 +96,7 @@ def test_vm_comes_up_as_the_program_says_and_a_second_boot_changes_nothing(role,
 
     guest.shutdown()
     guest.boot()
-    _keep_logs(guest)
+    keep_logs(guest)
     _wait_for_cloud_init(guest)
     second = guest.facts(_destinations(guest.stack, guest.host))
     assert second["boot_id"] != first["boot_id"]

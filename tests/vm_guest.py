@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -115,7 +116,9 @@ def debian_mirror(apt: Path = Path("/etc/apt")) -> str:
 
 
 def image_key() -> str:
-    return hashlib.sha256(json.dumps([SUITE, IMAGE_PACKAGES, IMAGE_FILES, IMAGE_SIZE]).encode()).hexdigest()[:16]
+    """Everything that shapes the image: its packages, its files and the code that builds it."""
+    build = inspect.getsource(_build) + inspect.getsource(_finish)
+    return hashlib.sha256(json.dumps([SUITE, IMAGE_PACKAGES, IMAGE_FILES, IMAGE_SIZE, build]).encode()).hexdigest()[:16]
 
 
 def image() -> Image:
@@ -172,8 +175,10 @@ def _finish(tree: Path, work: Path) -> None:
     # networkd and resolved from the first boot on, as in Debian's cloud images: cloud-init writes
     # the netplan config after the generators ran.
     run("chroot", tree, "systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service")
-    for deb in (tree / "var/cache/apt/archives").glob("*.deb"):
-        deb.unlink()
+    # No package lists, as a fresh image: with debootstrap's lists a guest without a mirror would
+    # try (and time out on) every package download of the role's list instead of failing at once.
+    for stale in [*(tree / "var/cache/apt/archives").glob("*.deb"), *(tree / "var/lib/apt/lists").glob("*_*")]:
+        stale.unlink()
     [kernel] = sorted((tree / "boot").glob("vmlinuz-*"))
     [initrd] = sorted((tree / "boot").glob("initrd.img-*"))
     shutil.copy(kernel, work / "vmlinuz")
@@ -247,6 +252,10 @@ class Guest:
         if self.role == "maildrop":
             run("qemu-img", "create", "-q", "-f", "raw", self.workdir / "mail.raw", MAIL_VOLUME_SIZE)
         self.seed = make_seed(self.workdir / "seed", seed_files(self.stack, self.role, self.host, self.host_key))
+
+    @property
+    def running(self) -> bool:
+        return self._qemu is not None and self._qemu.poll() is None
 
     def qemu_argv(self) -> list[str]:
         site = self.site
