@@ -42,6 +42,8 @@ def seed_shape(stack, role, host) -> tuple[bool, bool]:
 
 def _wait_for_cloud_init(guest: Guest) -> str:
     result = guest.ssh("cloud-init status --wait --long", timeout=CLOUD_INIT_TIMEOUT, check=False)
+    # 0: done, 1: done with errors (which the test then reads); anything else: it did not finish.
+    assert result.returncode in (0, 1), f"{guest.host.name}: cloud-init status: {result.stdout}{result.stderr}"
     return result.stdout + result.stderr
 
 

@@ -65,6 +65,13 @@ IMAGE_FILES = {
 IMAGE_SIZE = "3G"
 MEMORY_MIB = 1024
 MAIL_VOLUME_SIZE = "256M"
+# What OpenSSH's client says when qemu's forward accepts but no sshd answers behind it.
+SSHD_NOT_THERE = (
+    "Connection reset by peer",
+    "Connection refused",
+    "Connection closed by",
+    "kex_exchange_identification",
+)
 
 
 def unavailable() -> str | None:
@@ -303,7 +310,7 @@ class Guest:
         while time.monotonic() - started < timeout:
             if self._qemu.poll() is not None:
                 raise RuntimeError(f"{self.host.name}: qemu exited {self._qemu.returncode}: {self._qemu.stderr.read()}")
-            if self.ssh("true", timeout=30, check=False).returncode == 0:
+            if self.ssh("true", timeout=30, check=False, retries=0).returncode == 0:
                 self.boots.append(time.monotonic() - started)
                 return
             time.sleep(3)
@@ -325,15 +332,23 @@ class Guest:
             "root@127.0.0.1",
         ]  # fmt: skip
 
-    def ssh(self, command: str, *, input: str | None = None, timeout: float = 120, check: bool = True):
-        try:
-            result = subprocess.run(
-                [*self.ssh_argv(), command], input=input, capture_output=True, text=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired:
-            if check:
-                raise
-            return subprocess.CompletedProcess(command, 255, "", "timeout")
+    def ssh(
+        self, command: str, *, input: str | None = None, timeout: float = 120, check: bool = True, retries: int = 5
+    ) -> subprocess.CompletedProcess:
+        """Run `command` as root in the guest. A connection that sshd drops before the command runs
+        (cloud-init restarts sshd when it sets ssh_pwauth) is retried: pass retries=0 for a command
+        that may not run twice."""
+        for attempt in range(retries + 1):
+            try:
+                result = subprocess.run(
+                    [*self.ssh_argv(), command], input=input, capture_output=True, text=True, timeout=timeout
+                )
+            except subprocess.TimeoutExpired:
+                result = subprocess.CompletedProcess(command, 255, "", f"timeout after {timeout:.0f} s")
+                break
+            if result.returncode != 255 or not any(m in result.stderr for m in SSHD_NOT_THERE) or attempt == retries:
+                break
+            time.sleep(3)
         if check and result.returncode != 0:
             raise RuntimeError(f"{self.host.name}: {command!r} exited {result.returncode}: {result.stderr}")
         return result
@@ -342,7 +357,7 @@ class Guest:
         """Power the VM off from inside and wait for qemu to exit (killed if it does not)."""
         if self._qemu is None or self._qemu.poll() is not None:
             return
-        self.ssh("systemctl poweroff", check=False, timeout=30)
+        self.ssh("systemctl poweroff", check=False, timeout=30, retries=0)
         try:
             self._qemu.wait(timeout)
         except subprocess.TimeoutExpired:
