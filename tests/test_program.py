@@ -81,7 +81,9 @@ def test_each_vm_has_one_nic_on_its_sites_local_network(program):
         [nic] = run.mocks.named(DOMAIN, f"{host.name}-domain").inputs["networkInterfaces"]
         assert nic["bridge"] == site.bridge
         network = yaml.safe_load(run.mocks.named(CLOUD_INIT, f"{host.name}-cloudinit").inputs["networkConfig"])
-        [(_, ethernet)] = network["ethernets"].items()
+        # The one NIC; the loopback only carries public addresses (render/cloud_init.py).
+        assert set(network["ethernets"]) <= {"site-local", "lo"}
+        ethernet = network["ethernets"]["site-local"]
         assert ethernet["match"]["macaddress"] == nic["mac"]
         assert f"{host.ipv6}/{site.site_local.ipv6.prefixlen}" in ethernet["addresses"]
         assert f"{host.ipv4}/{site.site_local.ipv4.prefixlen}" in ethernet["addresses"]
