@@ -34,7 +34,9 @@ def parse_host_key(text: str) -> str:
         raise ValueError("not an SSH public key (want a line like `ssh-ed25519 AAAA...`)") from None
     if isinstance(key, rsa.RSAPublicKey):
         # connection.go:94 offers the key's type as the only host key algorithm: for RSA that is
-        # `ssh-rsa` (SHA-1 signatures), which OpenSSH 8.8 and later (Debian 12: 9.2) refuse.
+        # `ssh-rsa` (SHA-1 signatures), which OpenSSH 8.8 and later (Debian 12: 9.2) refuse. Seen with
+        # Debian 12's sshd on an RSA host key and `ssh -o HostKeyAlgorithms=ssh-rsa`: "no matching
+        # host key type found. Their offer: rsa-sha2-512,rsa-sha2-256".
         raise ValueError(
             "an RSA host key: pulumi-command would only accept its SHA-1 `ssh-rsa` signature, which "
             "Debian 12's sshd refuses; pin the host's ED25519 key (/etc/ssh/ssh_host_ed25519_key.pub)"

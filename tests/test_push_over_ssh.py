@@ -71,23 +71,22 @@ def sites(stacks, keys, trees, tmp_path_factory):
         ssh_sites.destroy()
 
 
+def _pinned(name: str, client: OpenSsh, address: str, key: str) -> dict[str, str]:
+    """ssh_config options that trust `key` for `address` and nothing else, and offer only its type,
+    as pulumi-command's HostKeyAlgorithms = [publicKey.Type()] (connection.go:94)."""
+    known = client.known_hosts(name, {address: key})
+    return {"HostName": address, "UserKnownHostsFile": str(known), "HostKeyAlgorithms": key.split()[0]}
+
+
 def _direct(client: OpenSsh, pinned: str):
-    known = client.known_hosts("direct", {HOST_ADDRESS: pinned})
-    return client.config({"host": {"HostName": HOST_ADDRESS, "UserKnownHostsFile": str(known)}})
+    return client.config({"host": _pinned("direct", client, HOST_ADDRESS, pinned)})
 
 
 def _via_bastion(client: OpenSsh, pinned_host: str, pinned_bastion: str):
     return client.config(
         {
-            "bastion": {
-                "HostName": BASTION_ADDRESS,
-                "UserKnownHostsFile": str(client.known_hosts("bastion", {BASTION_ADDRESS: pinned_bastion})),
-            },
-            "host": {
-                "HostName": HOST_BEHIND_BASTION,
-                "ProxyJump": "bastion",
-                "UserKnownHostsFile": str(client.known_hosts("behind", {HOST_BEHIND_BASTION: pinned_host})),
-            },
+            "bastion": _pinned("bastion", client, BASTION_ADDRESS, pinned_bastion),
+            "host": {**_pinned("behind", client, HOST_BEHIND_BASTION, pinned_host), "ProxyJump": "bastion"},
         }
     )
 
