@@ -122,3 +122,13 @@ def test_the_bastion_is_every_pushs_proxy_with_its_own_pinned_key(with_bastion):
         assert proxy["hostKey"] == " ".join(BASTION["host_key"].split()[:2])
         # The host's own key is still pinned: the bastion only forwards the TCP connection.
         assert connection["hostKey"] != proxy["hostKey"]
+
+
+def test_a_host_key_line_is_pinned_without_its_comment(tmp_path):
+    for kind in ("ed25519", "ecdsa"):
+        path = tmp_path / kind
+        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "root@somewhere", "-f", str(path)], check=True)
+        line = (tmp_path / f"{kind}.pub").read_text()
+        assert parse_host_key(line) == " ".join(line.split()[:2])
+    with pytest.raises(ValueError, match="not an SSH public key"):
+        parse_host_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIbroken")
