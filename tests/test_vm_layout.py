@@ -243,3 +243,24 @@ def test_a_site_without_resolvers_is_refused():
     sites = stack_file_values("prod")["sites"]
     sites = [{k: v for k, v in s.items() if k != "resolvers"} if n == 0 else s for n, s in enumerate(sites)]
     assert "mail-cluster:sites[0].resolvers: Field required" in problems(sites=sites)
+
+
+def test_a_grown_mail_volume_makes_the_maildrop_push_grow_its_filesystem(tmp_path):
+    from render import render_host
+    from render.maildrop import MAIL_VOLUME
+    from render.throwaway import throwaway_keys
+
+    values = stack_file_values("prod")
+    stack = load_stack(values)
+    keys = throwaway_keys(stack, rsa_bits=1024)
+    host = stack.hosts.maildrop[0]
+    before = render_host(stack, "maildrop", host, keys)
+    grown = load_stack(values | {"vm_overrides": {host.name: {"mail_gib": 64}}})
+    after = render_host(grown, "maildrop", host, keys)
+    changed = [p for p in after.files if after.files[p] != before.files.get(p)]
+    assert changed == [MAIL_VOLUME]
+    [service] = after.files[MAIL_VOLUME].reload
+    assert "resize2fs" in after.services[service]
+    # The other maildrop's tree is untouched: one host at a time.
+    peer = stack.hosts.maildrop[1]
+    assert render_host(grown, "maildrop", peer, keys).digest() == render_host(stack, "maildrop", peer, keys).digest()
