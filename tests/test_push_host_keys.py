@@ -132,3 +132,14 @@ def test_a_host_key_line_is_pinned_without_its_comment(tmp_path):
         assert parse_host_key(line) == " ".join(line.split()[:2])
     with pytest.raises(ValueError, match="not an SSH public key"):
         parse_host_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIbroken")
+
+
+def test_the_bastion_login_uses_the_operator_key_as_a_secret():
+    values = copy.deepcopy(stack_file_values("lab"))
+    values["bastion"] = BASTION
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlcmF0b3I=\n-----END OPENSSH PRIVATE KEY-----\n"
+    run = run_program("lab", values, secrets={"ssh_private_key": key})
+    for command in run.mocks.of_type(COMMAND):
+        connection = command.inputs["connection"]
+        assert connection["privateKey"] == connection["proxy"]["privateKey"] == key, command.name
+        assert "connection" in run.mocks.secret_inputs[(COMMAND, command.name)], command.name
