@@ -141,6 +141,8 @@ class Pushes:
             connection=remote.ConnectionArgs(
                 host=address,
                 user="root",
+                # A new pin or bastion changes the connection: an update, which re-runs `create`
+                # (no `update` here; commandController.go:62-80 at v1.2.1): one harmless re-push.
                 host_key=self.pinned[name],
                 proxy=self.proxy(),
                 private_key=self.ssh_private_key,
