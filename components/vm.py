@@ -11,7 +11,7 @@ import pulumi_libvirt as libvirt
 
 from components.push import Pushes
 from model import Host, Site, Stack
-from render import cloud_init
+from render import cloud_init, rollout
 
 GIB = 1024**3
 
@@ -120,9 +120,14 @@ class VmRole(pulumi.ComponentResource):
         for host in getattr(stack.hosts, self.ROLE):
             vm = DebianVm(stack, self.ROLE, host, hypervisors[host.site], pulumi.ResourceOptions(parent=self))
             self.vms[host.name] = vm
-            self.pushes[host.name] = pushes.push(
-                host.name, self.ROLE, host, vm.address, parent=self, depends_on=[vm.domain]
-            )
+        # One host at a time, in render.rollout's order: each push waits for the one before it, so
+        # an engine stops the role's rollout at its first failing host (the rest keep the old config).
+        previous: list[pulumi.Resource] = []
+        for host in rollout.order(stack, self.ROLE):
+            vm = self.vms[host.name]
+            push = pushes.push(host.name, self.ROLE, host, vm.address, parent=self, depends_on=[vm.domain, *previous])
+            self.pushes[host.name] = push
+            previous = [push]
         self.hosts = [host_summary(stack, self.ROLE, h) for h in getattr(stack.hosts, self.ROLE)]
         self.register_outputs({"hosts": self.hosts})
 
