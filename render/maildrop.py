@@ -238,14 +238,15 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
 
 
 def host_probes(stack: Stack, host: Host) -> tuple[Probe, ...]:
-    """Mail in (a RCPT from smtp-in's side for a mailbox, then LHLO where Postfix's
-    virtual_transport points) and mail out to users (IMAPS and ManageSieve greetings), on the
-    site-local address the smtp-in hosts and frontends use."""
+    """Mail in (a RCPT for a mailbox, then LHLO where Postfix's virtual_transport points) and mail
+    out to users (IMAPS and ManageSieve greetings, on the site-local address the frontends use).
+    The RCPT comes from localhost: only the smtp-in hosts and mynetworks may hand mail to a
+    maildrop, and the recipient check (virtual-maildrop) applies to every client."""
     address, ports, helo = str(host.ipv6), stack.ports, stack.fqdn(host)
     mailbox = f"{stack.mailbox_names[0]}@{stack.service_name(ROLE)}"
     imap = stack.service_name("imap")
     return (
-        probes.smtp(f"smtp {ports.smtp} RCPT TO {mailbox}", address, ports.smtp, helo=helo, rcpt=(mailbox,)),
+        probes.smtp(f"smtp {ports.smtp} RCPT TO {mailbox}", probes.LOCALHOST, ports.smtp, helo=helo, rcpt=(mailbox,)),
         probes.lmtp("lmtp LHLO (virtual_transport)", "virtual_transport", helo),
         probes.banner(f"imaps {ports.imaps} greeting", address, ports.imaps, "* OK", tls_name=imap),
         probes.banner(f"managesieve {ports.managesieve} greeting", address, ports.managesieve, '"IMPLEMENTATION"'),
