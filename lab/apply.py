@@ -42,8 +42,12 @@ class Outcome:
     status: str
     result: dict = field(default_factory=dict)
     error: str = ""
-    started: float = 0.0
+    started: float = 0.0  # time.time() when its push began
     seconds: float = 0.0
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.seconds
 
     def line(self) -> str:
         if self.status in ("unchanged", "held"):
@@ -125,14 +129,15 @@ def apply(
                 outcomes.append(Outcome(name, role, "held" if failed else "unchanged"))
                 progress(outcomes[-1].line())
                 continue
-            outcome = Outcome(name, role, "pushed", started=time.monotonic())
+            outcome = Outcome(name, role, "pushed", started=time.time())
+            clock = time.monotonic()
             try:
                 outcome.result = cluster.push(cluster.LabHost(name, role, name, tree), tree, probes=True)
                 _record_digest(name, tree.digest())
             except cluster.PushFailed as err:
                 outcome.status, outcome.result, outcome.error = "failed", err.result, str(err)
                 failed = True
-            outcome.seconds = time.monotonic() - outcome.started
+            outcome.seconds = time.monotonic() - clock
             outcomes.append(outcome)
             progress(outcome.line())
     return outcomes
