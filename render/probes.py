@@ -63,7 +63,7 @@ def http(
 
 def dns(name: str, server: str, query: str) -> Probe:
     """An A query to `server`; NOERROR or NXDOMAIN is an answer, SERVFAIL or silence is not."""
-    return Probe(name, "dns", {"server": server, "name": query})
+    return Probe(name, "dns", {"server": server, "query": query})
 
 
 def served_address(stack: Stack) -> str:

@@ -468,13 +468,13 @@ def probe_dns(probe: dict, timeout: float) -> str:
     family = socket.AF_INET6 if ":" in probe["server"] else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        sock.sendto(_dns_query(probe["name"], probe.get("qtype", 1), ident), (probe["server"], 53))
+        sock.sendto(_dns_query(probe["query"], probe.get("qtype", 1), ident), (probe["server"], 53))
         reply = sock.recv(4096)
     rcode = reply[3] & 0x0F if len(reply) >= 4 and int.from_bytes(reply[:2], "big") == ident else None
     names = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
     if rcode not in (0, 3):
-        raise ProbeFailed(f"{probe['name']} at {probe['server']}: {names.get(rcode, rcode)}")
-    return f"{probe['name']}: {names[rcode]}"
+        raise ProbeFailed(f"{probe['query']} at {probe['server']}: {names.get(rcode, rcode)}")
+    return f"{probe['query']}: {names[rcode]}"
 
 
 def probe_argv(probe: dict, timeout: float) -> str:

@@ -46,11 +46,16 @@ class Check:
 class Probe:
     """Run on the host after its reload by render/push_host.py (PROBES: banner, tcp, smtp, lmtp,
     http, dns, argv), tried again until it passes or `within` seconds (default 30) have gone by.
-    `args` are the kind's own fields (address, port, tls_name, rcpt, ...): plain data."""
+    `args` are the kind's own fields (address, port, tls_name, rcpt, ...): plain data, never
+    `name` or `kind`."""
 
     name: str
     kind: str
     args: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if {"name", "kind"} & set(self.args):
+            raise ValueError(f"probe {self.name!r}: `name` and `kind` are the probe's own, not args")
 
     def manifest(self) -> dict:
         return {"name": self.name, "kind": self.kind, **{k: _plain(v) for k, v in self.args.items()}}
