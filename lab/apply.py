@@ -56,6 +56,8 @@ class Outcome:
         r = self.result
         changed = ", ".join([*r.get("changed", []), *(f"-{p}" for p in r.get("removed", []))]) or "no files"
         reloaded = ", ".join(r.get("reload", [])) or "nothing"
+        if self.status == "pushed" and not (r.get("changed") or r.get("removed") or r.get("reload")):
+            return f"{self.host}: pushed, its files were already in place and nothing was owed ({self.seconds:.1f}s)"
         if self.status == "pushed":
             health = f"healthy ({len(r.get('probes', []))} probes pass)" if r.get("probes") else "no probes"
             return f"{self.host}: changed {changed}; reloaded {reloaded}; {health} ({self.seconds:.1f}s)"
