@@ -417,11 +417,14 @@ def _lmtp_target(probe: dict) -> str:
 
 def probe_lmtp(probe: dict, timeout: float) -> str:
     target = _lmtp_target(probe)
-    if target.startswith("/"):
-        client = smtplib.LMTP(target, timeout=timeout)
-    else:
-        host, _, port = target.rpartition(":")
-        client = smtplib.LMTP(host.strip("[]"), int(port), timeout=timeout)
+    try:
+        if target.startswith("/"):
+            client = smtplib.LMTP(target, timeout=timeout)
+        else:
+            host, _, port = target.rpartition(":")
+            client = smtplib.LMTP(host.strip("[]"), int(port), timeout=timeout)
+    except OSError as err:
+        raise ProbeFailed(f"LHLO at {target} ({probe['postconf']}): {err.strerror or err}") from None
     with client:
         code, text = client.docmd("LHLO", probe["helo"])
         if code != 250:

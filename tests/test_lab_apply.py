@@ -162,6 +162,32 @@ def test_a_change_that_breaks_delivery_is_rolled_back_on_the_first_host_and_stop
     assert _pushed(apply.apply(progress=QUIET)) == []
 
 
+def _lmtp_target_that_does_not_answer(tree):
+    if tree.role != "maildrop":
+        return tree
+    path = "/etc/postfix/main.cf"
+    spec = tree.files[path]
+    broken = spec.content.replace("lmtp:unix:private/dovecot-lmtp", "lmtp:unix:private/nobody-listens", 1)
+    assert broken != spec.content
+    return dataclasses.replace(tree, files={**tree.files, path: dataclasses.replace(spec, content=broken)})
+
+
+def test_a_maildrop_whose_lmtp_target_does_not_answer_is_rolled_back_and_the_primary_is_untouched(whole):
+    """The backup maildrop goes first: the broken transport is found there, by the LHLO probe, and
+    the primary, which takes the mail, never gets it."""
+    backup, primary = (h.name for h in rollout.order(STACK, "maildrop"))
+    main_cf = {h: _file(h, "/etc/postfix/main.cf") for h in (backup, primary)}
+    before = {h: (p.read_text(), p.stat().st_mtime_ns) for h, p in main_cf.items()}
+    outcomes = {o.host: o for o in apply.apply(progress=QUIET, transform=_lmtp_target_that_does_not_answer)}
+    assert outcomes[backup].status == "failed"
+    assert f"{backup}: probe 'lmtp LHLO (virtual_transport)' failed" in outcomes[backup].error
+    assert "private/nobody-listens" in outcomes[backup].error
+    assert outcomes[primary].status == "held"
+    assert main_cf[backup].read_text() == before[backup][0]
+    assert (main_cf[primary].read_text(), main_cf[primary].stat().st_mtime_ns) == before[primary]
+    assert _pushed(apply.apply(progress=QUIET)) == []
+
+
 def test_a_dropped_file_leaves_the_hosts_and_a_failed_reload_is_carried_out_by_the_next_apply(whole, tmp_path):
     """Retiring the lab2027 DKIM key drops its file from every smtp-out tree. With OpenDKIM down on
     the first smtp-out of the rollout, its reload fails there and the rollout stops; once it runs
