@@ -37,8 +37,8 @@ class Outcome:
     host: str
     role: str
     # unchanged: same tree as its last push; pushed: installed, reloaded, probes passed;
-    # failed: refused, a reload failed, or a probe failed (rolled back); held: not pushed because
-    # a host before it in its role failed.
+    # failed: refused, a reload failed, or a probe failed (rolled back); held: changed, but not
+    # pushed because a host before it in its role failed.
     status: str
     result: dict = field(default_factory=dict)
     error: str = ""
@@ -127,8 +127,8 @@ def apply(
             tree, entry = trees[name], entries[name]
             if not entry.get("rendered", True):
                 continue  # not run by an `up --only` lab
-            if failed or tree.digest() == entry.get("digest"):
-                outcomes.append(Outcome(name, role, "held" if failed else "unchanged"))
+            if tree.digest() == entry.get("digest") or failed:
+                outcomes.append(Outcome(name, role, "unchanged" if tree.digest() == entry.get("digest") else "held"))
                 progress(outcomes[-1].line())
                 continue
             outcome = Outcome(name, role, "pushed", started=time.time())
