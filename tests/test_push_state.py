@@ -147,3 +147,58 @@ def test_cloud_init_errors_fail_the_push(push_host):
         push_host.wait_for_cloud_init()
     push_host.fake("cloud-init", 'echo "status: done"; exit 0')
     push_host.wait_for_cloud_init()
+
+
+class _SMTPServer:
+    """A one-line-per-command SMTP server on localhost answering RCPT with `rcpt_answer`; counts
+    the connections it took."""
+
+    def __init__(self, rcpt_answer: str):
+        import socket
+        import threading
+
+        self.rcpt_answer, self.connections = rcpt_answer, 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn, conn.makefile("rwb") as f:
+                f.write(b"220 test ESMTP\r\n")
+                f.flush()
+                for line in f:
+                    verb = line[:4].upper()
+                    answer = {b"EHLO": b"250 test", b"RCPT": self.rcpt_answer.encode(), b"QUIT": b"221 bye"}
+                    f.write(answer.get(verb, b"250 ok") + b"\r\n")
+                    f.flush()
+                    if verb == b"QUIT":
+                        break
+
+    def probe(self) -> dict:
+        return {
+            "name": "rcpt",
+            "kind": "smtp",
+            "address": "127.0.0.1",
+            "port": self.port,
+            "helo": "probe.test",
+            "rcpt": ["alice@example.com"],
+            "within": 3,
+            "timeout": 2,
+        }
+
+
+def test_an_smtp_probe_passes_on_an_accepted_rcpt_and_names_the_answer_it_got_otherwise(push_host):
+    assert push_host.run_probe(_SMTPServer("250 2.1.5 ok").probe()) == (True, "RCPT TO:<alice@example.com>: 250")
+    temporary = _SMTPServer("451 4.3.5 Server configuration problem")
+    passed, seen = push_host.run_probe(temporary.probe())
+    assert not passed and seen == "RCPT TO:<alice@example.com>: 451 4.3.5 Server configuration problem"
+    assert temporary.connections == 2  # tried again after 2 s, not after 4 (past `within`)
+    refused = _SMTPServer("550 5.1.1 no such user")
+    assert push_host.run_probe(refused.probe())[0] is False
+    assert refused.connections == 1  # a 5xx is final: no second connection
