@@ -41,6 +41,11 @@ def tcp(name: str, address: str, port: int) -> Probe:
     return Probe(name, "tcp", {"address": address, "port": port})
 
 
+def milter(name: str, address: str, port: int) -> Probe:
+    """The milter negotiates options as Postfix asks it to at every SMTP session."""
+    return Probe(name, "milter", {"address": address, "port": port})
+
+
 def lmtp(name: str, postconf_parameter: str, helo: str) -> Probe:
     """LHLO where Postfix's `postconf_parameter` (an lmtp: transport) points: asked of Postfix on
     the host, so a transport that points at nothing fails."""

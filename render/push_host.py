@@ -36,6 +36,7 @@ import shutil
 import smtplib
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -454,6 +455,27 @@ def probe_http(probe: dict, timeout: float) -> str:
     return status_line
 
 
+def _milter_packet(command: bytes, data: bytes = b"") -> bytes:
+    return struct.pack(">I", len(command + data)) + command + data
+
+
+def probe_milter(probe: dict, timeout: float) -> str:
+    """The milter's answer to option negotiation, as Postfix opens each session with it (milter
+    protocol version 6): a milter that takes the connection but does not speak fails."""
+    with socket.create_connection((probe["address"], probe["port"]), timeout=timeout) as sock:
+        sock.sendall(_milter_packet(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF)))
+        data = b""
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ProbeFailed(f"[{probe['address']}]:{probe['port']} closed the milter session ({data!r})")
+            data += chunk
+        sock.sendall(_milter_packet(b"Q"))
+    if data[4:5] != b"O" or len(data) < 17:
+        raise ProbeFailed(f"[{probe['address']}]:{probe['port']} answered option negotiation with {data[4:40]!r}")
+    return f"milter protocol version {struct.unpack('>I', data[5:9])[0]}"
+
+
 def _dns_query(name: str, qtype: int, ident: int) -> bytes:
     labels = b"".join(bytes([len(part)]) + part.encode() for part in name.rstrip(".").split("."))
     return (
@@ -495,6 +517,7 @@ PROBES = {
     "lmtp": probe_lmtp,
     "http": probe_http,
     "dns": probe_dns,
+    "milter": probe_milter,
     "argv": probe_argv,
 }
 

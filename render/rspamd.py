@@ -58,9 +58,13 @@ def local_d(
     return files
 
 
-def probe(stack: Stack) -> Probe:
-    """rspamd's controller answers: its main process and workers run on the reloaded config."""
-    return probes.http("rspamd answers", "127.0.0.1", stack.ports.rspamd_controller, "/ping", body="pong")
+def host_probes(stack: Stack) -> tuple[Probe, ...]:
+    """rspamd's controller answers (its main process and workers run on the reloaded config), and
+    its proxy speaks milter where Postfix's smtpd_milters points."""
+    return (
+        probes.http("rspamd answers", "127.0.0.1", stack.ports.rspamd_controller, "/ping", body="pong"),
+        probes.milter("rspamd milter answers", probes.LOCALHOST, stack.ports.rspamd_milter),
+    )
 
 
 def _bracket(address: str) -> str:

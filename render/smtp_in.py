@@ -61,7 +61,7 @@ def host_probes(stack: Stack, host: Host) -> tuple[Probe, ...]:
     return (
         probes.smtp(f"smtp {ports.smtp} RCPT TO {rcpt}", address, ports.smtp, helo=helo, tls_name=name, rcpt=(rcpt,)),
         probes.banner(f"smtps {ports.smtps} greeting", address, ports.smtps, "220 ", tls_name=name),
-        rspamd.probe(stack),
+        *rspamd.host_probes(stack),
         probes.tcp("postsrsd answers", "127.0.0.1", ports.srs_forward),
         unbound.probe(stack, host),
     )

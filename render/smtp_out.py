@@ -61,8 +61,8 @@ def host_probes(stack: Stack, host: Host) -> tuple[Probe, ...]:
             tls_name=stack.service_name("smtp-out"),
             auth=True,
         ),
-        probes.tcp("opendkim answers", probes.LOCALHOST, ports.opendkim),
-        rspamd.probe(stack),
+        probes.milter("opendkim answers", probes.LOCALHOST, ports.opendkim),
+        *rspamd.host_probes(stack),
         unbound.probe(stack, host),
     )
 

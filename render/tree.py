@@ -45,7 +45,7 @@ class Check:
 @dataclass(frozen=True)
 class Probe:
     """Run on the host after its reload by render/push_host.py (PROBES: banner, tcp, smtp, lmtp,
-    http, dns, argv), tried again until it passes or `within` seconds (default 30) have gone by.
+    http, dns, milter, argv), tried again until it passes or `within` seconds (default 30) have gone by.
     `args` are the kind's own fields (address, port, tls_name, rcpt, ...): plain data, never
     `name` or `kind`."""
 

@@ -202,3 +202,20 @@ def test_an_smtp_probe_passes_on_an_accepted_rcpt_and_names_the_answer_it_got_ot
     refused = _SMTPServer("550 5.1.1 no such user")
     assert push_host.run_probe(refused.probe())[0] is False
     assert refused.connections == 1  # a 5xx is final: no second connection
+
+
+def test_a_milter_probe_fails_on_a_port_that_takes_the_connection_but_does_not_speak_milter(push_host):
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def close_each() -> None:
+        while True:
+            conn, _ = server.accept()
+            conn.close()
+
+    threading.Thread(target=close_each, daemon=True).start()
+    probe = {"name": "m", "kind": "milter", "address": "127.0.0.1", "port": server.getsockname()[1], "within": 1}
+    passed, seen = push_host.run_probe(probe)
+    assert not passed and "closed the milter session" in seen
