@@ -462,17 +462,21 @@ def _milter_packet(command: bytes, data: bytes = b"") -> bytes:
 def probe_milter(probe: dict, timeout: float) -> str:
     """The milter's answer to option negotiation, as Postfix opens each session with it (milter
     protocol version 6): a milter that takes the connection but does not speak fails."""
+    where = f"[{probe['address']}]:{probe['port']}"
     with socket.create_connection((probe["address"], probe["port"]), timeout=timeout) as sock:
-        sock.sendall(_milter_packet(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF)))
         data = b""
-        while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise ProbeFailed(f"[{probe['address']}]:{probe['port']} closed the milter session ({data!r})")
-            data += chunk
-        sock.sendall(_milter_packet(b"Q"))
+        try:
+            sock.sendall(_milter_packet(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF)))
+            while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ProbeFailed(f"{where} closed the milter session ({data!r})")
+                data += chunk
+            sock.sendall(_milter_packet(b"Q"))
+        except OSError as err:
+            raise ProbeFailed(f"{where} broke off the milter session: {err.strerror or err}") from None
     if data[4:5] != b"O" or len(data) < 17:
-        raise ProbeFailed(f"[{probe['address']}]:{probe['port']} answered option negotiation with {data[4:40]!r}")
+        raise ProbeFailed(f"{where} answered option negotiation with {data[4:40]!r}")
     return f"milter protocol version {struct.unpack('>I', data[5:9])[0]}"
 
 

@@ -218,4 +218,4 @@ def test_a_milter_probe_fails_on_a_port_that_takes_the_connection_but_does_not_s
     threading.Thread(target=close_each, daemon=True).start()
     probe = {"name": "m", "kind": "milter", "address": "127.0.0.1", "port": server.getsockname()[1], "within": 1}
     passed, seen = push_host.run_probe(probe)
-    assert not passed and "closed the milter session" in seen
+    assert not passed and f"[127.0.0.1]:{probe['port']}" in seen and "milter session" in seen
