@@ -20,14 +20,15 @@ def test_smtp_in_probes_a_rcpt_for_a_served_address_on_its_public_address(stacks
         assert smtp["rcpt"] == [served_address(stack)] and smtp["port"] == stack.ports.smtp
         # Not localhost: mynetworks would skip the restrictions a broken change may break.
         assert smtp["address"] == str(host.public_ipv4) and smtp["tls_name"] == stack.service_name("smtp-in")
-        assert {"rspamd answers", "unbound answers", "postsrsd answers"} <= set(_probes(tree))
+        assert {"rspamd answers", "rspamd milter answers", "unbound answers", "postsrsd answers"} <= set(_probes(tree))
 
 
 def test_smtp_out_probes_submission_with_starttls_and_its_milters(trees, stack_name):
     for tree in role_trees(trees[stack_name], "smtp_out"):
         submission = next(p for p in _probes(tree).values() if p["kind"] == "smtp")
         assert submission["tls_name"] and submission["auth"] is True
-        assert {"opendkim answers", "rspamd answers", "unbound answers"} <= set(_probes(tree))
+        assert {"opendkim answers", "rspamd answers", "rspamd milter answers", "unbound answers"} <= set(_probes(tree))
+        assert _probes(tree)["opendkim answers"]["kind"] == "milter"
 
 
 def test_maildrop_probes_lmtp_where_postfix_delivers_and_imaps(stacks, trees, stack_name):
