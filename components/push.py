@@ -40,19 +40,15 @@ _END = "PUSH_HOST_PY"
 DIAL_ATTEMPTS = 40
 
 
-# A new VM answers SSH before cloud-init has installed its packages: the checks need the daemons.
-WAIT_FOR_CLOUD_INIT = "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null || true; fi"
-
-
 @cache
 def push_command() -> str:
-    """Shell for the host: write the push script to a temp file, run it on the manifest (stdin, packed)."""
+    """Shell for the host: write the push script to a temp file, run it on the manifest (stdin, packed).
+    The script itself waits for cloud-init (failing on its errors) and installs missing packages."""
     script = PUSH_HOST.read_text().rstrip("\n")
     if _END in script.splitlines():
         raise ValueError(f"push_host.py contains the heredoc delimiter {_END}")
     return "\n".join(
         [
-            WAIT_FOR_CLOUD_INIT,
             f"f=$(mktemp) && trap 'rm -f \"$f\"' EXIT && cat > \"$f\" <<'{_END}'",
             script,
             _END,

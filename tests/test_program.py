@@ -15,7 +15,7 @@ import yaml
 from components.push import unpack
 from model import load_stack_file
 from render.push_host import __file__ as PUSH_HOST_PATH
-from render.tree import Check, FileSpec, HostTree
+from render.tree import Check, FileSpec, HostTree, Probe
 from tests.pulumi_program import CLOUD_INIT, COMMAND, DOMAIN, PROVIDER, VOLUME, run_program
 
 GIB = 1024**3
@@ -168,6 +168,11 @@ def _tree(manifest: dict) -> HostTree:
         files={p: FileSpec(**spec) for p, spec in manifest["files"].items()},
         checks=tuple(Check(**c) for c in manifest["checks"]),
         services=manifest["services"],
+        probes=tuple(
+            Probe(p["name"], p["kind"], {k: v for k, v in p.items() if k not in ("name", "kind")})
+            for p in manifest["probes"]
+        ),
+        packages=tuple(manifest["packages"]),
     )
 
 
