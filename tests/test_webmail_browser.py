@@ -363,8 +363,8 @@ def test_lab_roundcube_runs_with_prods_settings(roundcube, stacks, keys):
     config = roundcube_config(roundcube)
     assert config["imap_host"] == f"ssl://{stack.service_name('imap')}:{stack.ports.imaps}"
     assert config["smtp_host"] == f"tls://{stack.service_name('smtp-out')}:{stack.ports.submission}"
-    assert config["smtp_user"] == "roundcube"
-    assert config["smtp_pass"] == keys.sasl_passwords["roundcube"]
+    # Submission as the logged-in user: smtp-out's sender map then applies to Roundcube's mail too.
+    assert (config["smtp_user"], config["smtp_pass"]) == ("%u", "%p")
     assert config["des_key"] == keys.roundcube_des_key
     assert config["skin"] == "elastic"
     assert config["default_list_mode"] == "threads"
