@@ -440,6 +440,28 @@ def test_delivery_files_what_rspamd_tagged_into_junk_before_the_users_script(
     assert (f"Executing script: {sieve}/default.sieve" in result.stdout) != junk, result.stdout
 
 
+@pytest.mark.checkers
+def test_a_message_filed_as_spam_is_touched_by_no_later_rule_of_the_junk_script(
+    maildrops, stacks, world_traversable_dir
+):
+    """The Junk rule ends its script: a rule someone adds after it (here one filing everything into
+    Lists) must not file spam a second time. Pigeonhole ends the script sequence itself once the
+    implicit keep is cancelled, but not the rest of the same script: that is the rule's `stop`."""
+    stack = stacks["lab"]
+    root = stage(maildrops["lab"][stack.maildrop_primary.name], world_traversable_dir / "staged")
+    junk = root / SIEVE_DIR.lstrip("/") / "before.d/10-junk.sieve"
+    junk.write_text(junk.read_text() + '\nfileinto "Lists";\n')
+    mail = world_traversable_dir / "message.eml"
+    mail.write_text(SPAM)
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env", "-i"]
+    environment = ["HOME=/nonexistent", f"USER={stack.mailbox_names[0]}", "PATH=/usr/bin:/bin"]
+    sieve_test = ["sieve-test", "-c", root / DOVECOT_CONF.lstrip("/"), junk, mail]
+    result = subprocess.run([*as_nobody, *environment, *sieve_test], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "store message in folder: Junk" in result.stdout, result.stdout
+    assert "Lists" not in result.stdout, result.stdout
+
+
 # ---- the learn scripts, against stand-in rspamd controllers ------------------------------------
 
 # Runs in a new network namespace: the smtp-in addresses on its loopback, a stand-in controller on
