@@ -9,14 +9,18 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Free text is typed by what it is (model.values): host and site names are DNS labels.
 from model.values import (
     HASH_TEXT,
     Address,
+    BridgeName,
+    CountryCode,
+    DnsblReply,
     DnsName,
     HttpsUrl,
+    HypervisorUri,
     ImageReference,
     IPAddr,
     IPNetwork,
@@ -47,14 +51,14 @@ class SiteLocal(Strict):
 
 class Site(Strict):
     name: Label
-    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+    country: CountryCode
     # One libvirt provider per hypervisor; remote ones are reached over SSH.
-    hypervisor: Annotated[str, StringConstraints(pattern=r"^qemu(\+ssh|\+tls|\+tcp)?://[^\s]*/system$")]
+    hypervisor: HypervisorUri
     site_local: SiteLocal
     # Prefixes routed to the site from the internet; public host addresses must sit in one.
     public: list[IPNetwork] = []
     # The hypervisor's bridge onto the site-local network: each VM's one NIC joins it.
-    bridge: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,15}$")] = "br0"
+    bridge: BridgeName = "br0"
     # The libvirt storage pool that holds the Debian base image and the VMs' disks.
     pool: Label = "default"
     # DNS resolvers for the VMs (apt, cloud-init); empty: what the site's router announces (RDNSS).
@@ -170,7 +174,7 @@ class Mailbox(Strict):
 class Dnsbl(Strict):
     zone: DnsName
     # Only these answers reject: a DNSBL's error codes (e.g. 127.255.255.254) must never block mail.
-    reply: Annotated[str, StringConstraints(pattern=r"^127\.\d+\.\d+\.(\d+|\[\d+\.\.\d+\])$")]
+    reply: DnsblReply
 
 
 class Ports(Strict):

@@ -98,6 +98,28 @@ SshPublicKey = Annotated[
     Text, _checked(lambda v: bool(SSH_PUBLIC_KEY.fullmatch(v)), "an SSH public key on one line (type base64 [comment])")
 ]
 
+CountryCode = Annotated[Text, _checked(lambda v: bool(re.fullmatch(r"[A-Z]{2}", v)), "a two-letter country code (CH)")]
+HypervisorUri = Annotated[
+    Text,
+    _checked(
+        lambda v: bool(re.fullmatch(r"qemu(?:\+ssh|\+tls|\+tcp)?://[^\s/]*/system", v)),
+        "a libvirt URI (qemu+ssh://user@host/system)",
+    ),
+]
+# Linux interface names: at most 15 characters, no '/', whitespace or ':'.
+BridgeName = Annotated[
+    Text,
+    _checked(lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", v)), "a bridge name (up to 15 of A-Z a-z 0-9 _ . -)"),
+]
+# What Postfix's reject_rbl_client takes after `=`: one 127.x.y.z answer, its last part a number or [a..b].
+DnsblReply = Annotated[
+    Text,
+    _checked(
+        lambda v: bool(re.fullmatch(r"127\.\d+\.\d+\.(?:\d+|\[\d+\.\.\d+\])", v)),
+        "a DNSBL listing answer (127.0.0.2 or 127.0.0.[2..11])",
+    ),
+]
+
 IPv4Addr = Annotated[IPv4Address, _text_only("an IPv4 address", "192.0.2.7")]
 IPv6Addr = Annotated[IPv6Address, _text_only("an IPv6 address", "2001:db8::7")]
 IPAddr = Annotated[IPv4Address | IPv6Address, _text_only("an IP address", "192.0.2.7")]

@@ -270,6 +270,9 @@ INJECTIONS = [
     ),
     ("domain name that is not one", _set("domains[2].name", "example_org"), "domains[2].name", "not a domain name"),
     ("host name that is not a label", _set("hosts.smtp_in[0].name", "Smtp In"), "hosts.smtp_in[0].name", "a DNS label"),
+    ("country not a code", _set("sites[2].country", "Netherlands"), "sites[2].country", "a two-letter country code"),
+    ("hypervisor not a libvirt uri", _set("sites[0].hypervisor", "http://hv/"), "sites[0].hypervisor", "a libvirt URI"),
+    ("dnsbl reply not an answer", _set("dnsbls[0].reply", "127.0.0.*"), "dnsbls[0].reply", "a DNSBL listing answer"),
     ("relay group as a number", _set("relay_clients[0].group", 7), "relay_clients[0].group", "valid string"),
 ]
 
