@@ -98,6 +98,15 @@ SshPublicKey = Annotated[
     Text, _checked(lambda v: bool(SSH_PUBLIC_KEY.fullmatch(v)), "an SSH public key on one line (type base64 [comment])")
 ]
 
+# An image URL or path goes into a remote command's environment and libvirt's volume source:
+# URL characters only, no quotes, `$`, `;` or whitespace.
+ImageLocation = Annotated[
+    Text,
+    _checked(
+        lambda v: bool(re.fullmatch(r"(?:https://[A-Za-z0-9.-]+(?::[0-9]+)?)?/[A-Za-z0-9._~/%+-]+\.qcow2", v)),
+        "an https URL or absolute path of a .qcow2 image",
+    ),
+]
 CountryCode = Annotated[Text, _checked(lambda v: bool(re.fullmatch(r"[A-Z]{2}", v)), "a two-letter country code (CH)")]
 HypervisorUri = Annotated[
     Text,

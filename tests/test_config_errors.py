@@ -273,6 +273,18 @@ INJECTIONS = [
     ("country not a code", _set("sites[2].country", "Netherlands"), "sites[2].country", "a two-letter country code"),
     ("hypervisor not a libvirt uri", _set("sites[0].hypervisor", "http://hv/"), "sites[0].hypervisor", "a libvirt URI"),
     ("dnsbl reply not an answer", _set("dnsbls[0].reply", "127.0.0.*"), "dnsbls[0].reply", "a DNSBL listing answer"),
+    (
+        "image url carrying shell",
+        _set("debian_image.url", "/var/lib/x-20261110-2350.qcow2$(id)"),
+        "debian_image.url",
+        "an https URL or absolute path of a .qcow2 image",
+    ),
+    (
+        "site resolver as a number",
+        _set("sites[0].resolvers", [167772161]),
+        "sites[0].resolvers[0]",
+        "not an IP address",
+    ),
     ("relay group as a number", _set("relay_clients[0].group", 7), "relay_clients[0].group", "valid string"),
 ]
 
