@@ -6,6 +6,8 @@ through rspamd and OpenDKIM (signing with each domain's active key) and delivers
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from model import Host, Stack
 from render import postfix, rspamd, unbound
 from render.dovecot import USERS_FILE_GROUP, USERS_FILE_MODE, passwd_file
@@ -73,19 +75,26 @@ def limit_exceptions(stack: Stack) -> list[str]:
     return [f"[{a}]/128" if a.version == 6 else f"{a}/32" for a in hosts]
 
 
-def mailboxes_reached(stack: Stack, target: str, seen: frozenset[str] = frozenset()) -> set[str]:
-    """The mailboxes an alias target delivers to: a mailbox name, `<mailbox>@<maildrop domain>`, or
-    (through that domain's aliases) an address of a mail domain of the stack; nothing for /dev/null
-    or an address elsewhere."""
-    if target in stack.mailbox_names:
-        return {target}
-    local, _, domain_name = target.partition("@")
-    if domain_name == stack.service_name("maildrop"):
-        return {local} & set(stack.mailbox_names)
-    domain = next((d for d in stack.domains if d.name == domain_name), None)
-    if domain is None or target in seen or local not in domain.aliases:
-        return set()
-    return {m for t in domain.aliases[local] for m in mailboxes_reached(stack, t, seen | {target})}
+def mailboxes_reached(stack: Stack) -> Callable[[str], frozenset[str]]:
+    """A function from an alias target to the mailboxes it delivers to: a mailbox name,
+    `<mailbox>@<maildrop domain>`, or (through that domain's aliases) an address of a mail domain
+    of the stack; none for /dev/null or an address elsewhere. The stack's tables are read once."""
+    mailboxes = frozenset(stack.mailbox_names)
+    aliases = {d.name: d.aliases for d in stack.domains}
+    maildrop = stack.service_name("maildrop")
+
+    def reached(target: str, seen: frozenset[str] = frozenset()) -> frozenset[str]:
+        if target in mailboxes:
+            return frozenset({target})
+        local, _, domain = target.partition("@")
+        if domain == maildrop:
+            return frozenset({local}) & mailboxes
+        table = aliases.get(domain, {})
+        if local not in table or target in seen:
+            return frozenset()
+        return frozenset(m for t in table[local] for m in reached(t, seen | {target}))
+
+    return reached
 
 
 def sender_logins(stack: Stack) -> dict[str, list[str]]:
@@ -94,12 +103,12 @@ def sender_logins(stack: Stack) -> dict[str, list[str]]:
     An address no login owns (external ones, /dev/null aliases) is refused to every login, and so is
     every address to a login that owns none (Roundcube's service user: Roundcube submits as the
     user who is logged in, see render.webmail)."""
+    reached = mailboxes_reached(stack)
     owners: dict[str, list[str]] = {}
     for domain in stack.domains:
         for local in domain.aliases:
             address = f"{local}@{domain.name}"
-            mailboxes = mailboxes_reached(stack, address)
-            if mailboxes:
+            if mailboxes := reached(address):
                 owners[address] = sorted(mailboxes)
     for client in stack.relay_clients:
         owners.setdefault(client.mail_from, [])

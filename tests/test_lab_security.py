@@ -320,7 +320,7 @@ def test_vrfy_confirms_no_address(lab):
 @pytest.mark.parametrize("domain", STACK.domain_names)
 def test_mail_to_postmaster_of_every_domain_is_delivered(lab, domain):
     recipient = f"postmaster@{domain}"
-    readers = mailboxes_reached(STACK, recipient)
+    readers = mailboxes_reached(STACK)(recipient)
     assert readers, f"{recipient} reaches no mailbox"
     sender = unique_address("mta")
     message_id, text = clients.message(sender, recipient, f"postmaster {domain}")
