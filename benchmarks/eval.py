@@ -1,6 +1,6 @@
 """How long the Pulumi program takes to evaluate, against what the SDK itself costs.
 
-    python3 benchmarks/eval.py [--repeat N]
+    .venv/bin/python benchmarks/eval.py [--repeat N]
 
 Prints, from one invocation:
 - import: pulumi and the four providers, in a fresh interpreter;
