@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=".venv/bin/python -m lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="render, build and start the lab; wait until every daemon listens")
-    up.add_argument("--stack", default="lab", help="stack name (Pulumi.<stack>.yaml); documentation addresses only")
+    up.add_argument(
+        "--stack",
+        default="lab",
+        help="stack name (Pulumi.<stack>.yaml here) or a stack file's path; documentation addresses only",
+    )
     up.add_argument("--only", help="comma-separated hosts to render and run (the network is always whole)")
     up.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
     sub.add_parser("down", help="stop every lab process, remove every namespace, mount and file")

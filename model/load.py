@@ -77,4 +77,9 @@ def stack_names(project_dir: Path = PROJECT_DIR) -> list[str]:
 
 
 def load_stack_file(stack_name: str, project_dir: Path = PROJECT_DIR) -> Stack:
+    """`stack_name`: a stack (Pulumi.<stack>.yaml in project_dir), or the path of a stack file
+    anywhere (`.../Pulumi.<stack>.yaml`), e.g. one a benchmark or a test generated."""
+    path = Path(stack_name)
+    if path.name.startswith("Pulumi.") and path.name.endswith(".yaml") and path.name.count(".") >= 2:
+        return load_stack(stack_file_values(path.name[len("Pulumi.") : -len(".yaml")], path.parent))
     return load_stack(stack_file_values(stack_name, project_dir))

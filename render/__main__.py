@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from model import Stack, StackConfigError, load_stack_file
+from model import StackConfigError, load_stack_file
 from render import render_stack
 from render.dns_records import dkim_public_keys, zone_texts
 from render.throwaway import throwaway_keys
@@ -37,20 +37,13 @@ def write_tree(tree: HostTree, outdir: Path) -> None:
     (outdir / "hosts" / f"{tree.host}.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _load(stack: str) -> Stack:
-    path = Path(stack)
-    if path.name.startswith("Pulumi.") and path.suffix == ".yaml":
-        return load_stack_file(path.name.split(".")[1], path.parent)
-    return load_stack_file(stack)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m render", description=__doc__.splitlines()[0])
     parser.add_argument("stack", help="stack name (reads Pulumi.<stack>.yaml) or a stack file's path")
     parser.add_argument("outdir", type=Path)
     args = parser.parse_args(argv)
     try:
-        stack = _load(args.stack)
+        stack = load_stack_file(args.stack)
     except (StackConfigError, FileNotFoundError) as err:
         print(err, file=sys.stderr)
         return 2
