@@ -91,8 +91,10 @@ class Pushes:
         address: str,
         parent: pulumi.Resource,
         depends_on: list[pulumi.Resource] | None = None,
+        rebuilt: pulumi.Input[str] | None = None,
     ) -> remote.Command:
-        """The Command that installs `host`'s tree at `address` (after `depends_on`, e.g. its VM)."""
+        """The Command that installs `host`'s tree at `address` (after `depends_on`, e.g. its VM).
+        `rebuilt`: the VM's domain id, so that a rebuilt VM (a new id) is pushed again."""
         data = self.payload(role, host)
         return remote.Command(
             f"{name}-push",
@@ -108,7 +110,7 @@ class Pushes:
             stdin=pulumi.Output.secret(data[0]),
             # A hash of files full of random secrets reveals none of them; kept plain so that a
             # preview shows which pushes change.
-            triggers=[pulumi.Output.unsecret(data[1])],
+            triggers=[pulumi.Output.unsecret(data[1]), *([rebuilt] if rebuilt is not None else [])],
             # stdout lists changed paths and reloaded services; stderr may quote a file (a
             # checker's message): it stays out of the logs, and secret in the state.
             logging=remote.Logging.STDOUT,

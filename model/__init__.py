@@ -7,10 +7,11 @@ Both raise StackConfigError naming every bad key before anything else runs.
 """
 
 from model.load import NAMESPACE, StackConfigError, load_stack, load_stack_file, stack_file_values
-from model.stack import Domain, Host, Mailbox, RelayClient, Site, Stack
+from model.stack import DebianImage, Domain, Host, Mailbox, RelayClient, Site, Stack, VmShape
 
 __all__ = [
     "NAMESPACE",
+    "DebianImage",
     "Domain",
     "Host",
     "Mailbox",
@@ -18,6 +19,7 @@ __all__ = [
     "Site",
     "Stack",
     "StackConfigError",
+    "VmShape",
     "load_stack",
     "load_stack_file",
     "stack_file_values",

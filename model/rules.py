@@ -16,7 +16,18 @@ Problem = tuple[str, str]
 
 def problems(stack: Stack) -> list[Problem]:
     found: list[Problem] = []
-    for rule in (_sites, _hosts, _maildrops, _domains, _aliases, _mailboxes, _relay_clients, _webmail, _ports):
+    for rule in (
+        _sites,
+        _hosts,
+        _vm_overrides,
+        _maildrops,
+        _domains,
+        _aliases,
+        _mailboxes,
+        _relay_clients,
+        _webmail,
+        _ports,
+    ):
         found.extend(rule(stack))
     return found
 
@@ -38,6 +49,11 @@ def _repeats(keyed: list[tuple[str, object]]) -> Iterator[tuple[str, object, str
 def _sites(stack: Stack) -> Iterator[Problem]:
     for key, name, first in _repeats([(f"sites[{n}].name", s.name) for n, s in enumerate(stack.sites)]):
         yield key, f"site {name!r} is defined twice (also {first})"
+    for n, site in enumerate(stack.sites):
+        for field, prefix in (("gateway_ipv4", site.site_local.ipv4), ("gateway_ipv6", site.site_local.ipv6)):
+            gateway = getattr(site, field)
+            if gateway is not None and gateway not in prefix:
+                yield f"sites[{n}].{field}", f"{gateway} is outside the site-local {prefix}: the VMs could not reach it"
     seen: set[str] = set()
     for n, site in enumerate(stack.sites):
         if site.hypervisor in seen:
@@ -46,6 +62,16 @@ def _sites(stack: Stack) -> Iterator[Problem]:
                 f"{site.hypervisor!r} is used by two sites: each site has its own hypervisor",
             )
         seen.add(site.hypervisor)
+
+
+def _vm_overrides(stack: Stack) -> Iterator[Problem]:
+    roles = {h.name: role for role, h in stack.vm_hosts}
+    for name, shape in stack.vm_overrides.items():
+        key = f"vm_overrides.{name}"
+        if name not in roles:
+            yield key, f"no VM host is named {name!r} (VM hosts: {', '.join(roles)})"
+        elif shape.mail_gib is not None and roles[name] != "maildrop":
+            yield f"{key}.mail_gib", f"{name} is a {roles[name]} host: only maildrops have a mail volume"
 
 
 def _hosts(stack: Stack) -> Iterator[Problem]:
@@ -83,9 +109,11 @@ def _hosts(stack: Stack) -> Iterator[Problem]:
             if host.ipv4 not in site.site_local.ipv4:
                 yield f"{key}.ipv4", f"{host.ipv4} is outside site {site.name}'s site-local {site.site_local.ipv4}"
             elif host.ipv4 == site.router_ipv4:
-                yield f"{key}.ipv4", f"{host.ipv4} is site {site.name}'s router (the prefix's first address)"
+                yield f"{key}.ipv4", f"{host.ipv4} is site {site.name}'s router"
             if host.ipv6 not in site.site_local.ipv6:
                 yield f"{key}.ipv6", f"{host.ipv6} is outside site {site.name}'s site-local {site.site_local.ipv6}"
+            elif host.ipv6 == site.router_ipv6:
+                yield f"{key}.ipv6", f"{host.ipv6} is site {site.name}'s router"
             for field in ("public_ipv4", "public_ipv6"):
                 address = getattr(host, field)
                 if address is not None and not any(address in p for p in site.public if p.version == address.version):

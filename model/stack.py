@@ -24,6 +24,8 @@ PASSWORD_SCHEMES = ("{BLF-CRYPT}", "{SHA512-CRYPT}", "{SHA256-CRYPT}", "{ARGON2I
 ADDRESS = re.compile(rf"^[a-z0-9!#$%&'*+/=?^_`{{|}}~.-]+@(?:{LABEL}\.)+[a-z]{{2,63}}$")
 DEVNULL = "/dev/null"
 T = TypeVar("T")
+# Debian's cloud image builds are named by date and build number: 20261110-2350.
+DATED_IMAGE = re.compile(r"-(\d{8}-\d+)\.qcow2$")
 
 
 class Strict(BaseModel):
@@ -49,14 +51,23 @@ class Site(Strict):
     bridge: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,15}$")] = "br0"
     # The libvirt storage pool that holds the Debian base image and the VMs' disks.
     pool: Label = "default"
-    # DNS resolvers for the VMs (apt, cloud-init); empty: what the site's router announces (RDNSS).
-    resolvers: list[IPv4Address | IPv6Address] = []
+    # DNS resolvers for the VMs (apt, cloud-init, the push's package install). Required: the VMs
+    # take no router advertisements (a SLAAC address would not be the one the allow-lists name),
+    # so nothing else would tell them one.
+    resolvers: list[IPv4Address | IPv6Address] = Field(min_length=1)
+    # The site routers: the VMs' static default routes. Absent: each prefix's first address.
+    gateway_ipv4: IPv4Address | None = None
+    gateway_ipv6: IPv6Address | None = None
 
     @property
     def router_ipv4(self) -> IPv4Address:
-        """The site's IPv4 gateway to the egress NAT: by convention the prefix's first address.
-        IPv6 needs none: the router's advertisements carry the default route."""
-        return next(self.site_local.ipv4.hosts())
+        """The site's IPv4 gateway to the egress NAT: `gateway_ipv4`, or the prefix's first address."""
+        return self.gateway_ipv4 or next(self.site_local.ipv4.hosts())
+
+    @property
+    def router_ipv6(self) -> IPv6Address:
+        """The site's IPv6 gateway: `gateway_ipv6`, or the prefix's first address."""
+        return self.gateway_ipv6 or next(self.site_local.ipv6.hosts())
 
 
 class Host(Strict):
@@ -81,6 +92,47 @@ class Host(Strict):
     @property
     def public_addresses(self) -> list[str]:
         return [str(a) for a in (self.public_ipv6, self.public_ipv4) if a is not None]
+
+
+class DebianImage(Strict):
+    """The Debian 12 generic cloud image every new root disk clones, pinned: a dated build and its
+    checksum (from the build directory's SHA512SUMS). A moving `latest` URL would change what a new
+    VM runs without any edit of the stack."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^(https://|/)\S+\.qcow2$")]
+    sha512: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")]
+
+    @field_validator("url")
+    @classmethod
+    def _dated(cls, value: str) -> str:
+        if not DATED_IMAGE.search(value.rsplit("/", 1)[-1]):
+            raise ValueError(
+                f"{value!r} is not a dated image: pin a build such as "
+                ".../bookworm/20261110-2350/debian-12-genericcloud-amd64-20261110-2350.qcow2, not `latest`"
+            )
+        return value
+
+    @property
+    def version(self) -> str:
+        """`20261110-2350`: names the base image volumes, so a new image is a new volume."""
+        return DATED_IMAGE.search(self.url.rsplit("/", 1)[-1]).group(1)
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+class VmShape(Strict):
+    """One host's VM size. Every field absent: the stack-wide `vm_*` value."""
+
+    memory_mib: int | None = Field(default=None, ge=512)
+    vcpus: int | None = Field(default=None, ge=1, le=64)
+    disk_gib: int | None = Field(default=None, ge=4)
+    # maildrops only: the mail volume (mdbox, Sieve scripts, indexes).
+    mail_gib: int | None = Field(default=None, ge=1)
+    # Raise to rebuild this host's VM from the current image: a new root disk and seed, the domain
+    # recreated (the maildrops' mail volume is kept and attached again).
+    rebuild: int = Field(default=0, ge=0)
 
 
 class Hosts(Strict):
@@ -201,7 +253,7 @@ class Dns(Strict):
 
 class Stack(Strict):
     infra_domain: DnsName
-    debian_image: str
+    debian_image: DebianImage
     ssh_public_key: Annotated[str, StringConstraints(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-\S+) \S+")]
     sites: list[Site] = Field(min_length=1)
     egress_prefixes: list[IPNetwork] = Field(min_length=1)
@@ -218,9 +270,14 @@ class Stack(Strict):
     # Delays the case study sets on the load balancer: two failures in ten seconds mark a backend down.
     upstream_max_fails: int = Field(default=2, ge=1, le=100)
     upstream_fail_timeout: int = Field(default=10, ge=1, le=3600)
+    # The VMs' size: the case study's 8 GB, 4 vCPUs, 16 GB disk. These defaults size NEW VMs;
+    # a running VM changes shape only through its own `vm_overrides` entry, one host at a time.
     vm_memory_mib: int = Field(default=8192, ge=512)
     vm_vcpus: int = Field(default=4, ge=1, le=64)
     vm_disk_gib: int = Field(default=16, ge=4)
+    vm_mail_gib: int = Field(default=32, ge=1)
+    # host name -> its own shape (and rebuild counter).
+    vm_overrides: dict[str, VmShape] = {}
 
     # ---- derived facts: one place each -------------------------------------------------------
     @property
@@ -231,6 +288,17 @@ class Stack(Strict):
     def vm_hosts(self) -> list[tuple[str, Host]]:
         """(role, host) for every VM the program builds."""
         return [(role, h) for role, hosts in self.hosts.by_role().items() for h in hosts]
+
+    def shape(self, host: Host) -> VmShape:
+        """The host's VM size, every field resolved (its override, else the stack-wide default)."""
+        own = self.vm_overrides.get(host.name, VmShape())
+        return VmShape(
+            memory_mib=own.memory_mib or self.vm_memory_mib,
+            vcpus=own.vcpus or self.vm_vcpus,
+            disk_gib=own.disk_gib or self.vm_disk_gib,
+            mail_gib=own.mail_gib or self.vm_mail_gib,
+            rebuild=own.rebuild,
+        )
 
     def fqdn(self, host: Host) -> str:
         return f"{host.label}.{host.site}.{self.infra_domain}"

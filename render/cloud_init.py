@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from model import Host, Stack
+from render.keys import SshHostKey
 from render.templates import render
 
 # Debian packages per role: the daemons the case study runs there (DESIGN.md, "What runs where").
@@ -55,7 +56,7 @@ def packages(role: str) -> list[str]:
     return list(dict.fromkeys(COMMON_PACKAGES + PACKAGES[role]))
 
 
-def user_data(stack: Stack, role: str, host: Host) -> str:
+def user_data(stack: Stack, role: str, host: Host, host_key: SshHostKey | None = None) -> str:
     return render(
         "vm",
         "/user-data",
@@ -64,6 +65,7 @@ def user_data(stack: Stack, role: str, host: Host) -> str:
         ssh_public_key=stack.ssh_public_key,
         packages=packages(role),
         disabled_services=CLIENT_ONLY.get(role, ()),
+        ssh_host_key=host_key,
     )
 
 

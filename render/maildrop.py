@@ -48,7 +48,14 @@ NOT_HAM_MAILBOXES = ("Trash",)
 # Local senders (cron, double bounces) reach a person through these.
 LOCAL_ADDRESSES = ("postmaster", "root")
 
+# The mail volume's size as the stack sets it: when it grows, components/volume_size.py has grown the
+# disk, and this file's change makes the push grow the filesystem on it, online. Where the mail does
+# not live on a volume of its own (the lab) there is nothing to grow.
+MAIL_VOLUME = "/etc/mail-cluster/mail-volume"
+GROW_MAIL_FILESYSTEM = f'if mountpoint -q {USERS_HOME}; then resize2fs "$(findmnt -n -o SOURCE {USERS_HOME})"; fi'
+
 SERVICES = {
+    "mail-volume": GROW_MAIL_FILESYSTEM,
     "postfix": postfix.SERVICE["postfix"],
     # vmail and its home come from sysusers.d/tmpfiles.d files in this tree: create them before
     # Dovecot reads a config that names vmail (on a fresh VM nothing else creates them).
@@ -224,6 +231,7 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
         UNIT_DROP_IN: FileSpec(
             render_template(ROLE, UNIT_DROP_IN, dsync_parameters=DSYNC_ON_START), reload=("dovecot-unit",)
         ),
+        MAIL_VOLUME: FileSpec(f"size_gib={stack.shape(host).mail_gib}\n", reload=("mail-volume",)),
     }
     sieve_paths = sorted(p for p in files if p.endswith(".sieve"))
     return HostTree(

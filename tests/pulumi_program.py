@@ -62,6 +62,8 @@ class RecordingMonitor(MockMonitor):
         self.urns: dict[tuple[str, str], str] = {}
         self.parents: dict[tuple[str, str], str] = {}
         self.dependencies: dict[tuple[str, str], list[str]] = {}
+        # The resource options the engine acts on (the mocks' MockResourceArgs leave them out).
+        self.options: dict[tuple[str, str], dict[str, Any]] = {}
 
     def RegisterResource(self, request):
         response = super().RegisterResource(request)
@@ -69,6 +71,13 @@ class RecordingMonitor(MockMonitor):
         self.urns[key] = response.urn
         self.parents[key] = request.parent
         self.dependencies[key] = list(request.dependencies)
+        self.options[key] = {
+            "protect": bool(request.protect),
+            "retain_on_delete": bool(request.retainOnDelete),
+            "delete_before_replace": bool(request.deleteBeforeReplace),
+            "ignore_changes": sorted(request.ignoreChanges),
+            "replace_on_changes": sorted(request.replaceOnChanges),
+        }
         return response
 
 

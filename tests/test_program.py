@@ -55,18 +55,21 @@ def test_every_vm_host_is_one_libvirt_domain(program):
 def test_vms_have_the_case_study_size(program):
     _, stack, run = program
     volumes, seeds = _by_name(run, VOLUME), _by_name(run, CLOUD_INIT)
-    for _, host in stack.vm_hosts:
+    for role, host in stack.vm_hosts:
         domain = run.mocks.named(DOMAIN, f"{host.name}-domain").inputs
         assert (domain["memory"], domain["vcpu"]) == (8192, 4)
-        assert domain["autostart"] and domain["qemuAgent"]
-        [disk] = domain["disks"]
+        # Nothing at create time waits for the guest agent (not installed before cloud-init ran).
+        assert domain["autostart"] and not domain["qemuAgent"]
+        root_disk, *mail_disk = domain["disks"]
         root = volumes[f"{host.name}-root"].inputs
-        assert disk["volumeId"] == f"{host.name}-root-id"
+        assert root_disk["volumeId"] == f"{host.name}-root-id"
         assert root["size"] == 16 * GIB
-        # A copy-on-write clone of its site's Debian image.
-        base = volumes[f"debian-12-{host.site}"].inputs
-        assert root["baseVolumeId"] == f"debian-12-{host.site}-id"
-        assert base["source"] == stack.debian_image
+        assert [d["volumeId"] for d in mail_disk] == ([f"{host.name}-mail-id"] if role == "maildrop" else [])
+        # A copy-on-write clone of its site's Debian image, of the pinned version.
+        version = stack.debian_image.version
+        base = volumes[f"debian-12-{host.site}-{version}"].inputs
+        assert root["baseVolumeId"] == f"debian-12-{host.site}-{version}-id"
+        assert base["source"] == stack.debian_image.url
         assert domain["cloudinit"] == f"{host.name}-cloudinit-id"
         assert f"{host.name}-cloudinit" in seeds
 
@@ -175,7 +178,9 @@ def test_push_is_triggered_by_the_tree_digest_and_carries_it_as_secret_stdin(pro
         host = command.name.removesuffix("-push")
         manifest = unpack(command.inputs["stdin"])
         assert manifest["host"] == host and manifest["files"]
-        assert command.inputs["triggers"] == [_tree(manifest).digest()]
+        # A VM's push also runs again when its VM is rebuilt (a new domain id).
+        rebuilt = [f"{host}-domain-id"] if host in addresses and (DOMAIN, f"{host}-domain") in run.monitor.urns else []
+        assert command.inputs["triggers"] == [_tree(manifest).digest(), *rebuilt]
         assert "stdin" in run.mocks.secret_inputs[(COMMAND, command.name)]
         assert command.inputs["connection"]["host"] == addresses[host]
         assert command.inputs["connection"]["user"] == "root"
