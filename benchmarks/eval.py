@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import pulumi  # noqa: E402
+import pulumi_command.local as local  # noqa: E402
 import pulumi_command.remote as remote  # noqa: E402
 import pulumi_libvirt as libvirt  # noqa: E402
 import pulumi_random as random  # noqa: E402
@@ -93,6 +94,7 @@ CLASSES: dict[str, type[pulumi.CustomResource]] = {
     "libvirt:index/cloudInitDisk:CloudInitDisk": libvirt.CloudInitDisk,
     "libvirt:index/domain:Domain": libvirt.Domain,
     "command:remote:Command": remote.Command,
+    "command:local:Command": local.Command,
     "tls:index/privateKey:PrivateKey": tls.PrivateKey,
     "tls:index/selfSignedCert:SelfSignedCert": tls.SelfSignedCert,
     "tls:index/certRequest:CertRequest": tls.CertRequest,
