@@ -30,7 +30,7 @@ def _print_status(status: dict) -> None:
         print(f"  {h['name']:<18} {h['role']:<13} {h['netns']:<24} {' '.join(h['addresses'])}")
         print(f"  {'':<18} {daemons}")
     e = status["endpoints"]
-    for name in ("submission", "imaps", "managesieve", "webmail", "dns", "remote_mta"):
+    for name in ("submission", "imaps", "managesieve", "webmail", "webmail_http", "mta_sts", "dns", "remote_mta"):
         tls = f" (TLS name {e[name]['name']})" if "name" in e[name] else ""
         print(f"  {name:<12} {e[name]['host']} port {e[name]['port']}{tls}")
     for name in ("mx", "smtps"):
