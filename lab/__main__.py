@@ -31,7 +31,8 @@ def _print_status(status: dict) -> None:
         print(f"  {'':<18} {daemons}")
     e = status["endpoints"]
     for name in ("submission", "imaps", "managesieve", "webmail", "webmail_http", "mta_sts", "dns", "remote_mta"):
-        tls = f" (TLS name {e[name]['name']})" if "name" in e[name] else ""
+        kind = "TLS name" if e[name].get("tls", True) else "plain HTTP, name"
+        tls = f" ({kind} {e[name]['name']})" if "name" in e[name] else ""
         print(f"  {name:<12} {e[name]['host']} port {e[name]['port']}{tls}")
     for name in ("mx", "smtps"):
         print(f"  {name:<12} " + ", ".join(f"[{m['host']}]:{m['port']}" for m in e[name]))

@@ -535,7 +535,7 @@ def status() -> dict:
             ],
             "webmail": {"host": entry, "port": 443, "name": stack.service_name("webmail")},
             # Port 80 only redirects to the webmail's 443; each mail domain's MTA-STS policy is on 443 too.
-            "webmail_http": {"host": entry, "port": 80, "name": stack.service_name("webmail")},
+            "webmail_http": {"host": entry, "port": 80, "name": stack.service_name("webmail"), "tls": False},
             "mta_sts": {"host": entry, "port": 443, "name": f"mta-sts.{stack.domains[0].name}"},
             "dns": {"host": internet.DNS_SERVER[0], "port": 53},
             "remote_mta": {"host": internet.REMOTE_MTA[0], "port": p.smtp, "domain": internet.REMOTE_DOMAIN},
