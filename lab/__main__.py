@@ -1,4 +1,4 @@
-"""python -m lab up|down|status [--json]|stop HOST|start HOST|send|read|client: the lab cluster on this machine.
+"""python -m lab up|down|status|stop HOST|start HOST|apply [FILE]|send|read|client: the lab cluster here.
 
 Run it as root with the project's venv (`.venv/bin/python -m lab ...`): Debian's python3 has none of
 the packages the lab imports. Every command acts on the lab of the MAIL_LAB_ID in its environment.
@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from lab import LAB_ID, cluster, first_mail, hosts
+from lab import LAB_ID, apply, cluster, first_mail, hosts
 
 
 def _daemon(d: dict) -> str:
@@ -47,6 +48,20 @@ def _again(command: str) -> str:
     return f"{lab_id}.venv/bin/python -m lab {command}"
 
 
+def _apply(stack_file: Path | None) -> int:
+    try:
+        outcomes = apply.apply(stack_file)
+    except apply.ApplyRefused as err:
+        print(f"lab apply refused: {err}", file=sys.stderr)
+        return 1
+    failed = [o for o in outcomes if o.status == "failed"]
+    pushed = sum(o.status == "pushed" for o in outcomes)
+    print(f"pushed {pushed} hosts, {len(failed)} failed, {sum(o.status == 'unchanged' for o in outcomes)} unchanged")
+    for o in failed:
+        print(f"lab apply failed on {o.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=".venv/bin/python -m lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--json", action="store_true")
     for verb, text in (("stop", "stop every daemon of one host (try a failover)"), ("start", "start them again")):
         sub.add_parser(verb, help=text).add_argument("host", help="a host of the running lab, e.g. maildrop0-chbtl0")
+    ap = sub.add_parser("apply", help="push the hosts whose trees changed, one at a time per role, with probes")
+    ap.add_argument("file", nargs="?", type=Path, help="the stack file as edited (default: the running lab's)")
     send = sub.add_parser("send", help="submit a message as a lab account through a frontend (587)")
     send.add_argument("sender", help="an account of the lab: alice or alice@example.com")
     send.add_argument("recipient", help="any address, e.g. bob@example.com")
@@ -88,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         _print_status(status)
+    elif args.command == "apply":
+        return _apply(args.file)
     elif args.command == "down":
         cluster.down()
     elif args.command in ("stop", "start"):

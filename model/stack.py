@@ -13,6 +13,8 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from model.host_key import HostKey
+
 # A DNS label as RFC 1123 allows it; host and site names must also be valid labels.
 LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 Label = Annotated[str, StringConstraints(pattern=rf"^{LABEL}$")]
@@ -155,6 +157,9 @@ class Webmail(Strict):
 
     host: Label
     address: IPv4Address | IPv6Address
+    # Its SSH host key (/etc/ssh/ssh_host_ed25519_key.pub there): the push pins it. Not ours to
+    # generate, so the stack must name it.
+    host_key: HostKey
     port: Port = 9002
     image: str = "roundcube/roundcubemail:latest"
     # The case study's geo allow-list: VPN and office/home networks.
@@ -168,6 +173,8 @@ class RelayClient(Strict):
 
     name: Label
     address: IPv4Address | IPv6Address
+    # Its SSH host key, pinned by its push (as the webmail host's).
+    host_key: HostKey
     # The SASL user on smtp-out; the case study names these after the server's group (`bastion`).
     group: Label
     mail_from: str
@@ -178,6 +185,16 @@ class RelayClient(Strict):
         if not ADDRESS.match(value):
             raise ValueError(f"{value!r} is not an address")
         return value
+
+
+class Bastion(Strict):
+    """A jump host every push goes through (pulumi-command's `proxy`), with its own pinned key."""
+
+    # An address or a DNS name, as the operator's ssh would dial it.
+    host: IPv4Address | IPv6Address | Annotated[str, StringConstraints(pattern=rf"^(?:{LABEL}\.)*{LABEL}$")]
+    user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "root"
+    port: Port = 22
+    host_key: HostKey
 
 
 class DkimKey(Strict):
@@ -260,6 +277,8 @@ class Stack(Strict):
     hosts: Hosts
     webmail: Webmail
     relay_clients: list[RelayClient] = []
+    # None: the pushes dial every host directly.
+    bastion: Bastion | None = None
     domains: list[Domain] = Field(min_length=1)
     mailboxes: list[Mailbox] = Field(min_length=1)
     dnsbls: list[Dnsbl] = []
