@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import runpy
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,18 +61,22 @@ class _Mocks(MailMocks):
     def __init__(self, memo: dict | None, fresh: frozenset[tuple[str, str]]):
         super().__init__(memo=memo)
         self.fresh = fresh
+        # The SDK registers resources from its executor's threads: a fresh resource's memo-less
+        # registration must not let another one miss the memo meanwhile.
+        self.lock = threading.Lock()
 
     def new_resource(self, args):
         digest = hashlib.sha256(f"{args.typ}::{args.name}".encode()).hexdigest()[:12]
-        if (args.typ, args.name) not in self.fresh:
-            _, outputs = super().new_resource(args)
-            return f"{args.name}-{digest}", outputs
-        memo, self.memo = self.memo, None
-        try:
-            _, outputs = super().new_resource(args)
-        finally:
-            self.memo = memo
-        return f"{args.name}-{digest}-new", outputs
+        with self.lock:
+            if (args.typ, args.name) not in self.fresh:
+                _, outputs = super().new_resource(args)
+                return f"{args.name}-{digest}", outputs
+            memo, self.memo = self.memo, None
+            try:
+                _, outputs = super().new_resource(args)
+            finally:
+                self.memo = memo
+            return f"{args.name}-{digest}-new", outputs
 
 
 class _Monitor(MockMonitor):
