@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
 import json
@@ -131,13 +132,16 @@ def image_key() -> str:
 def image() -> Image:
     """The cached image, built first if this machine has none (a few minutes: see the README)."""
     target = CACHE / f"vm-image-{image_key()}"
-    if not (target / "done").exists():
-        started = time.monotonic()
-        _build(target)
-        seconds = time.monotonic() - started
-        (target / "done").write_text(f"{seconds:.0f}\n")
-    else:
-        seconds = None
+    CACHE.mkdir(parents=True, exist_ok=True)
+    seconds = None
+    # One build at a time on a machine: test sessions started side by side wait for the first.
+    with open(CACHE / "vm-image.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "done").exists():
+            started = time.monotonic()
+            _build(target)
+            seconds = time.monotonic() - started
+            (target / "done").write_text(f"{seconds:.0f}\n")
     return Image(target / "root.raw", target / "vmlinuz", target / "initrd.img", seconds)
 
 
