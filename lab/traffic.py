@@ -190,20 +190,32 @@ def maildrops(status: dict) -> dict[str, Maildrop]:
 
 
 class _IMAPS(imaplib.IMAP4_SSL):
-    def __init__(self, address: str, name: str, port: int, status: dict, timeout: float):
+    def __init__(self, address: str, name: str, port: int, status: dict, timeout: float, proxy: bool = False):
         self._address = address
+        self._proxy = proxy
         super().__init__(name, port, ssl_context=clients.tls_context(status), timeout=timeout)
 
     def _create_socket(self, timeout):
         sock = socket.create_connection((self._address, self.port), timeout)
+        if self._proxy:
+            sock.sendall(proxy_header(sock))
         return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
 
 
+def proxy_header(sock: socket.socket) -> bytes:
+    """The PROXY protocol (v1) line NGINX opens a backend connection with, naming this socket's own
+    address as the client: the maildrops' IMAPS and ManageSieve take nothing else from a frontend."""
+    family = "TCP6" if sock.family == socket.AF_INET6 else "TCP4"
+    source, destination = sock.getsockname(), sock.getpeername()
+    return f"PROXY {family} {source[0]} {destination[0]} {source[1]} {destination[1]}\r\n".encode()
+
+
 def maildrop_imap(status: dict, drop: Maildrop, account: dict, timeout: float = 15) -> imaplib.IMAP4:
-    """Logged in on one maildrop's IMAPS (as NGINX reaches it), INBOX selected read-only."""
+    """Logged in on one maildrop's IMAPS (as NGINX reaches it: from a frontend, with a PROXY
+    header), INBOX selected read-only."""
     endpoint = status["endpoints"]["imaps"]
     with in_netns(drop.netns):
-        client = _IMAPS(drop.address, endpoint["name"], endpoint["port"], status, timeout)
+        client = _IMAPS(drop.address, endpoint["name"], endpoint["port"], status, timeout, proxy=True)
     client.login(account["user"], account["password"])
     client.select("INBOX", readonly=True)
     return client

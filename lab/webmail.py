@@ -2,7 +2,7 @@
 
 Prod runs the roundcube/roundcubemail image with docker compose; images cannot be pulled where
 the lab runs, so the lab serves Debian's Roundcube with the same settings (render.webmail's
-values: elastic skin, sqlite, managesieve, threads, smtp_user roundcube, the des_key, IMAP on
+values: elastic skin, sqlite, managesieve, threads, SMTP as the logged-in user, the des_key, IMAP on
 the frontends' 993, SMTP to smtp-out on 587). nginx listens on stack.webmail.address:port like
 the container's published port, so the frontends' rendered 443 server block proxies to it as is.
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from model.stack import ADDRESS, DEVNULL, Stack
+from model.stack import DEVNULL, Stack
+from model.values import is_address
 
 Problem = tuple[str, str]
 
@@ -156,6 +157,14 @@ def _domains(stack: Stack) -> Iterator[Problem]:
     # Webmail identities and postmaster notices are addresses in the first domain: it sends.
     if stack.domains and not stack.domains[0].dkim:
         yield "domains[0].dkim", "the first domain is the webmail users' domain: it sends and needs a selector"
+    # RFC 5321 (4.5.1): every domain that takes mail takes postmaster@ too. Required rather than
+    # added: who reads a hosted domain's postmaster mail is the operator's call, not a default's.
+    for n, domain in enumerate(stack.domains):
+        if "postmaster" not in domain.aliases:
+            yield (
+                f"domains[{n}].aliases",
+                f"no postmaster: RFC 5321 requires postmaster@{domain.name} (add `postmaster: [<mailbox>]`)",
+            )
     # The maildrop name is the internal next hop, not a mail domain.
     for n, domain in enumerate(stack.domains):
         if domain.name == stack.service_name("maildrop"):
@@ -168,7 +177,7 @@ def _aliases(stack: Stack) -> Iterator[Problem]:
     for n, domain in enumerate(stack.domains):
         for local_part, targets in domain.aliases.items():
             key = f"domains[{n}].aliases.{local_part}"
-            if not ADDRESS.match(f"{local_part}@{domain.name}"):
+            if not is_address(f"{local_part}@{domain.name}"):
                 yield key, f"{local_part!r}@{domain.name} is not an address"
             if not targets:
                 yield key, "has no targets (use /dev/null to drop mail)"
@@ -179,7 +188,7 @@ def _aliases(stack: Stack) -> Iterator[Problem]:
                     continue
                 if "@" not in target:
                     yield key, f"{target!r} is neither a mailbox, an address nor /dev/null"
-                elif not ADDRESS.match(target):
+                elif not is_address(target):
                     yield key, f"{target!r} is not an address"
                 else:
                     user, _, target_domain = target.partition("@")

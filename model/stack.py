@@ -7,23 +7,42 @@ objects. Shape checks live on the fields; rules that span objects live in `model
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Annotated, Literal
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from model.host_key import HostKey
 
-# A DNS label as RFC 1123 allows it; host and site names must also be valid labels.
-LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-Label = Annotated[str, StringConstraints(pattern=rf"^{LABEL}$")]
-DnsName = Annotated[str, StringConstraints(pattern=rf"^(?:{LABEL}\.)+[a-z]{{2,63}}$", max_length=253)]
+# Free text is typed by what it is (model.values): host and site names are DNS labels.
+from model.values import (
+    HASH_TEXT,
+    LABEL,
+    Address,
+    BridgeName,
+    CountryCode,
+    DnsblReply,
+    DnsName,
+    HttpsUrl,
+    HypervisorUri,
+    ImageLocation,
+    ImageReference,
+    IPAddr,
+    IPNetwork,
+    IPv4Addr,
+    IPv4Net,
+    IPv6Addr,
+    IPv6Net,
+    Label,
+    SshPublicKey,
+)
+
 Port = Annotated[int, Field(ge=1, le=65535)]
-IPNetwork = IPv4Network | IPv6Network
 # What `doveadm pw` writes; Dovecot and the bcrypt check both read these schemes.
 PASSWORD_SCHEMES = ("{BLF-CRYPT}", "{SHA512-CRYPT}", "{SHA256-CRYPT}", "{ARGON2ID}", "{CRYPT}")
-ADDRESS = re.compile(rf"^[a-z0-9!#$%&'*+/=?^_`{{|}}~.-]+@(?:{LABEL}\.)+[a-z]{{2,63}}$")
 DEVNULL = "/dev/null"
+T = TypeVar("T")
 # Debian's cloud image builds are named by date and build number: 20261110-2350.
 DATED_IMAGE = re.compile(r"-(\d{8}-\d+)\.qcow2$")
 
@@ -35,29 +54,29 @@ class Strict(BaseModel):
 
 
 class SiteLocal(Strict):
-    ipv4: IPv4Network
-    ipv6: IPv6Network
+    ipv4: IPv4Net
+    ipv6: IPv6Net
 
 
 class Site(Strict):
     name: Label
-    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+    country: CountryCode
     # One libvirt provider per hypervisor; remote ones are reached over SSH.
-    hypervisor: Annotated[str, StringConstraints(pattern=r"^qemu(\+ssh|\+tls|\+tcp)?://[^\s]*/system$")]
+    hypervisor: HypervisorUri
     site_local: SiteLocal
     # Prefixes routed to the site from the internet; public host addresses must sit in one.
     public: list[IPNetwork] = []
     # The hypervisor's bridge onto the site-local network: each VM's one NIC joins it.
-    bridge: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,15}$")] = "br0"
+    bridge: BridgeName = "br0"
     # The libvirt storage pool that holds the Debian base image and the VMs' disks.
     pool: Label = "default"
     # DNS resolvers for the VMs (apt, cloud-init, the push's package install). Required: the VMs
     # take no router advertisements (a SLAAC address would not be the one the allow-lists name),
     # so nothing else would tell them one.
-    resolvers: list[IPv4Address | IPv6Address] = Field(min_length=1)
+    resolvers: list[IPAddr] = Field(min_length=1)
     # The site routers: the VMs' static default routes. Absent: each prefix's first address.
-    gateway_ipv4: IPv4Address | None = None
-    gateway_ipv6: IPv6Address | None = None
+    gateway_ipv4: IPv4Addr | None = None
+    gateway_ipv6: IPv6Addr | None = None
 
     @property
     def router_ipv4(self) -> IPv4Address:
@@ -73,10 +92,10 @@ class Site(Strict):
 class Host(Strict):
     name: Label
     site: Label
-    ipv4: IPv4Address
-    ipv6: IPv6Address
-    public_ipv4: IPv4Address | None = None
-    public_ipv6: IPv6Address | None = None
+    ipv4: IPv4Addr
+    ipv6: IPv6Addr
+    public_ipv4: IPv4Addr | None = None
+    public_ipv6: IPv6Addr | None = None
     # maildrop: MX 10 and the frontends' non-backup upstream; smtp_out/frontend: non-backup upstream.
     primary: bool = False
 
@@ -99,7 +118,7 @@ class DebianImage(Strict):
     checksum (from the build directory's SHA512SUMS). A moving `latest` URL would change what a new
     VM runs without any edit of the stack."""
 
-    url: Annotated[str, StringConstraints(pattern=r"^(https://|/)\S+\.qcow2$")]
+    url: ImageLocation
     sha512: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")]
 
     @field_validator("url")
@@ -154,42 +173,37 @@ class Webmail(Strict):
     """Roundcube runs on an existing Docker host, reached over SSH (no VM of ours)."""
 
     host: Label
-    address: IPv4Address | IPv6Address
+    address: IPAddr
     # Its SSH host key (/etc/ssh/ssh_host_ed25519_key.pub there): the push pins it. Not ours to
     # generate, so the stack must name it.
     host_key: HostKey
     port: Port = 9002
-    image: str = "roundcube/roundcubemail:latest"
+    # Written into the compose file: a reference, nothing that could add YAML keys of its own.
+    image: ImageReference = "roundcube/roundcubemail:latest"
     # The case study's geo allow-list: VPN and office/home networks.
     allow: list[IPNetwork] = Field(min_length=1)
-    # Where the geo block bounces everyone else.
-    redirect: str = "https://ipng.ch/"
+    # Where the geo block bounces everyone else (NGINX's `rewrite`: a URL, never a directive).
+    redirect: HttpsUrl = "https://ipng.ch/"
 
 
 class RelayClient(Strict):
     """An existing server that sends its mail through smtp-out with opensmtpd."""
 
     name: Label
-    address: IPv4Address | IPv6Address
+    address: IPAddr
     # Its SSH host key, pinned by its push (as the webmail host's).
     host_key: HostKey
     # The SASL user on smtp-out; the case study names these after the server's group (`bastion`).
     group: Label
-    mail_from: str
-
-    @field_validator("mail_from")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        if not ADDRESS.match(value):
-            raise ValueError(f"{value!r} is not an address")
-        return value
+    # The only sender smtp-out lets this group use (smtpd_sender_login_maps).
+    mail_from: Address
 
 
 class Bastion(Strict):
     """A jump host every push goes through (pulumi-command's `proxy`), with its own pinned key."""
 
     # An address or a DNS name, as the operator's ssh would dial it.
-    host: IPv4Address | IPv6Address | Annotated[str, StringConstraints(pattern=rf"^(?:{LABEL}\.)*{LABEL}$")]
+    host: IPAddr | Annotated[str, StringConstraints(pattern=rf"^(?:{LABEL}\.)*{LABEL}$")]
     user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "root"
     port: Port = 22
     host_key: HostKey
@@ -203,11 +217,15 @@ class DkimKey(Strict):
 
 
 class Domain(Strict):
+    """A mail domain. Its aliases must name who reads `postmaster` (RFC 5321): model.rules requires
+    the entry and adds none by itself, since a hosted domain's postmaster is the operator's call."""
+
     name: DnsName
     # Empty: a receive-only domain (mail to it is accepted, forwarded and delivered; mail from it
     # leaves unsigned): no key, no DKIM record, no entry in OpenDKIM's tables.
     dkim: list[DkimKey] = []
-    # local part -> targets: a mailbox name, an address, or /dev/null.
+    # local part -> targets: a mailbox name, an address, or /dev/null (model.rules checks each whole).
+    # Every address here may also be used as a sender by the mailboxes it delivers to.
     aliases: dict[str, list[str]] = {}
 
 
@@ -221,13 +239,16 @@ class Mailbox(Strict):
     def _scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(PASSWORD_SCHEMES):
             raise ValueError(f"must be a hash starting with one of {', '.join(PASSWORD_SCHEMES)}, not plain text")
+        # The passwd-file line is `name:hash::::`: a `:` or a newline in it would add fields or users.
+        if value is not None and not HASH_TEXT.fullmatch(value.partition("}")[2]):
+            raise ValueError("is not a password hash: only crypt(3)/Argon2 characters after the {SCHEME}")
         return value
 
 
 class Dnsbl(Strict):
     zone: DnsName
     # Only these answers reject: a DNSBL's error codes (e.g. 127.255.255.254) must never block mail.
-    reply: Annotated[str, StringConstraints(pattern=r"^127\.\d+\.\d+\.(\d+|\[\d+\.\.\d+\])$")]
+    reply: DnsblReply
 
 
 class Ports(Strict):
@@ -247,7 +268,7 @@ class Ports(Strict):
 class Nameserver(Strict):
     name: DnsName
     # Glue: required when the name lies inside a zone the stack publishes (named refuses the zone otherwise).
-    addresses: list[IPv4Address | IPv6Address] = []
+    addresses: list[IPAddr] = []
 
 
 class Dns(Strict):
@@ -260,8 +281,9 @@ class Dns(Strict):
     # see Stack.nameservers. The lab serves the zones from its own server whatever is listed here.
     nameservers: list[Nameserver] = []
     dmarc_policy: Literal["none", "quarantine", "reject"] = "quarantine"
-    # Where DMARC aggregate and TLS-RPT reports go.
-    report_address: str | None = None
+    # Where DMARC aggregate and TLS-RPT reports go, and the hosts' own mail (root, postmaster):
+    # /etc/postfix/aliases names it, where a `|command` or a /file would be run or written.
+    report_address: Address | None = None
     mta_sts_mode: Literal["testing", "enforce", "none"] = "enforce"
     mta_sts_max_age: int = Field(default=604800, ge=86400, le=31557600)
 
@@ -269,7 +291,7 @@ class Dns(Strict):
 class Stack(Strict):
     infra_domain: DnsName
     debian_image: DebianImage
-    ssh_public_key: Annotated[str, StringConstraints(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-\S+) \S+")]
+    ssh_public_key: SshPublicKey
     sites: list[Site] = Field(min_length=1)
     egress_prefixes: list[IPNetwork] = Field(min_length=1)
     hosts: Hosts
@@ -365,3 +387,19 @@ class Stack(Strict):
     @property
     def mailbox_names(self) -> list[str]:
         return [m.name for m in self.mailboxes]
+
+    def is_mailbox(self, name: str) -> bool:
+        """Whether `name` is a mailbox: the render asks it for every alias target (60,000 times for
+        a hosting provider's stack), so the names are gathered once, not once per question."""
+        return name in self._derived("mailbox_names", self.mailboxes, lambda: frozenset(self.mailbox_names))
+
+    def _derived(self, fact: str, source: object, compute: Callable[[], T]) -> T:
+        """A fact derived from one of the stack's lists, worked out once per list object. Kept in the
+        instance dict beside the fields, as functools.cached_property keeps its values (pydantic leaves
+        them out of ==, hash, repr and dumps), with the list it came from, so that a
+        model_copy(update=...) that replaces the list works the fact out again instead of reusing it."""
+        key = f"_derived_{fact}"
+        hit = self.__dict__.get(key)
+        if hit is None or hit[0] is not source:
+            hit = self.__dict__[key] = (source, compute())
+        return hit[1]

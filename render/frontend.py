@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_network
 
 from model import Host, Stack
 from render import probes
+from render import tls as tls_policy
 from render.keys import KeyMaterial
 from render.mta_sts import policy
 from render.names import tls_cert_path, tls_key_path
@@ -31,21 +32,6 @@ MTA_STS_POLICY = f"{MTA_STS_ROOT}/.well-known/mta-sts.txt"
 # Site-local round trips are milliseconds: a backend that has not answered a connect within 1 s is
 # down, and the client moves on to the backup well inside the 2 s IMAP failover budget.
 CONNECT_TIMEOUT = "1s"
-# Mozilla's "intermediate" TLS profile for NGINX with OpenSSL 3.
-TLS_PROTOCOLS = "TLSv1.2 TLSv1.3"
-TLS_CIPHERS = ":".join(
-    (
-        "ECDHE-ECDSA-AES128-GCM-SHA256",
-        "ECDHE-RSA-AES128-GCM-SHA256",
-        "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "ECDHE-RSA-AES256-GCM-SHA384",
-        "ECDHE-ECDSA-CHACHA20-POLY1305",
-        "ECDHE-RSA-CHACHA20-POLY1305",
-        "DHE-RSA-AES128-GCM-SHA256",
-        "DHE-RSA-AES256-GCM-SHA384",
-        "DHE-RSA-CHACHA20-POLY1305",
-    )
-)
 
 SERVICE = {"nginx": "systemctl reload nginx"}
 # `nginx -t` exits 0 on warnings (a conflicting server_name, an ignored directive): like Postfix's
@@ -116,8 +102,8 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
             host=stack.fqdn(host),
             stream_files=[STREAM_CONF],
             http_files=[WEBMAIL_CONF, MTA_STS_CONF],
-            tls_protocols=TLS_PROTOCOLS,
-            tls_ciphers=TLS_CIPHERS,
+            tls_protocols=" ".join(tls_policy.PROTOCOLS),
+            tls_ciphers=tls_policy.CIPHERS,
             dhparam=DHPARAM,
         ),
         STREAM_CONF: render_template(

@@ -12,7 +12,7 @@ import hmac
 from pathlib import PurePosixPath
 
 from model import Host, Stack
-from render import dovecot, postfix, probes
+from render import dovecot, postfix, probes, tls
 from render.keys import KeyMaterial
 from render.names import tls_cert_path, tls_key_path
 from render.templates import render as render_template
@@ -134,6 +134,9 @@ def dovecot_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, File
         special_use_mailboxes=SPECIAL_USE_MAILBOXES,
         tls_cert_file=tls_cert_path(stack),
         tls_key_file=tls_key_path(stack),
+        tls_min_protocol=tls.MIN_PROTOCOL,
+        tls_ciphers=tls.CIPHERS,
+        haproxy_trusted_networks=[a for h in stack.hosts.frontend for a in h.site_local_addresses],
         imaps_port=stack.ports.imaps,
         managesieve_port=stack.ports.managesieve,
         doveadm_port=stack.ports.doveadm,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from model import Host, Stack
+from render import tls
 from render.keys import KeyMaterial
 from render.names import tls_cert_path, tls_key_path
 from render.templates import render
@@ -49,6 +50,8 @@ def base_values(
         "tls_cert_file": tls_cert_path(stack),
         "tls_key_file": tls_key_path(stack),
         "smtp_tls_security_level": SMTP_TLS_SECURITY_LEVEL,
+        **tls.postfix_values(),
+        "event_limit_exceptions": ["$mynetworks"],
         "chroot": chroot,
     }
 

@@ -6,6 +6,8 @@ through rspamd and OpenDKIM (signing with each domain's active key) and delivers
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from model import Host, Stack
 from render import postfix, probes, rspamd, unbound
 from render.dovecot import USERS_FILE_GROUP, USERS_FILE_MODE, passwd_file
@@ -18,6 +20,8 @@ SASL_USERS = "/etc/dovecot/sasl-users"
 OPENDKIM_DIR = "/etc/opendkim"
 KEY_TABLE = f"{OPENDKIM_DIR}/keytable"
 SIGNING_TABLE = f"{OPENDKIM_DIR}/signers"
+# MAIL FROM address -> the SASL logins that may use it (smtpd_sender_login_maps).
+SENDER_LOGINS = "/etc/postfix/sender-logins"
 
 SERVICES = {
     **postfix.SERVICE,
@@ -72,13 +76,66 @@ def postfix_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, File
     values["submission"] = postfix.listener("submission", stack.ports.submission)
     # The case study's order: OpenDKIM, then rspamd.
     values["milters"] = [f"inet:localhost:{stack.ports.opendkim}", f"inet:localhost:{stack.ports.rspamd_milter}"]
+    values["sender_logins"] = SENDER_LOGINS
+    values["event_limit_exceptions"] = ["$mynetworks", *limit_exceptions(stack)]
     reload = ("postfix",)
     return {
         "/etc/postfix/main.cf": FileSpec(template(ROLE, "/etc/postfix/main.cf", **values), reload=reload),
         "/etc/postfix/master.cf": FileSpec(template(ROLE, "/etc/postfix/master.cf", **values), reload=reload),
+        # Postfix notices a rebuilt .db by itself: no reload.
+        SENDER_LOGINS: FileSpec(template(ROLE, SENDER_LOGINS, owners=sender_logins(stack)), postmap=True),
         **postfix.aliases_file(stack),
         **postfix.tls_files(stack, keys, reload),
     }
+
+
+def limit_exceptions(stack: Stack) -> list[str]:
+    """Clients the per-client limits (4 connections at once, 10 a minute) would throttle for doing
+    their job: the webmail host submits for all its users, a relay client for a whole server."""
+    hosts = [stack.webmail.address, *(c.address for c in stack.relay_clients)]
+    return [f"[{a}]/128" if a.version == 6 else f"{a}/32" for a in hosts]
+
+
+def mailboxes_reached(stack: Stack) -> Callable[[str], frozenset[str]]:
+    """A function from an alias target to the mailboxes it delivers to: a mailbox name,
+    `<mailbox>@<maildrop domain>`, or (through that domain's aliases) an address of a mail domain
+    of the stack; none for /dev/null or an address elsewhere. The stack's tables are read once."""
+    mailboxes = frozenset(stack.mailbox_names)
+    aliases = {d.name: d.aliases for d in stack.domains}
+    maildrop = stack.service_name("maildrop")
+
+    def reached(target: str, seen: frozenset[str] = frozenset()) -> frozenset[str]:
+        if target in mailboxes:
+            return frozenset({target})
+        local, _, domain = target.partition("@")
+        if domain == maildrop:
+            return frozenset({local}) & mailboxes
+        table = aliases.get(domain, {})
+        if local not in table or target in seen:
+            return frozenset()
+        return frozenset(m for t in table[local] for m in reached(t, seen | {target}))
+
+    return reached
+
+
+def sender_logins(stack: Stack) -> dict[str, list[str]]:
+    """MAIL FROM address -> the SASL logins that may send as it: each mailbox its own addresses,
+    i.e. every alias that delivers to it (`team@` to each member); each relay group its mail_from.
+    An address no login owns (external ones, /dev/null aliases) is refused to every login, and so is
+    every address to a login that owns none (Roundcube's service user: Roundcube submits as the
+    user who is logged in, see render.webmail)."""
+    reached = mailboxes_reached(stack)
+    owners: dict[str, list[str]] = {}
+    for domain in stack.domains:
+        for local in domain.aliases:
+            address = f"{local}@{domain.name}"
+            if mailboxes := reached(address):
+                owners[address] = sorted(mailboxes)
+    for client in stack.relay_clients:
+        owners.setdefault(client.mail_from, [])
+        if client.group not in owners[client.mail_from]:
+            owners[client.mail_from].append(client.group)
+    return owners
 
 
 def dovecot_files(keys: KeyMaterial) -> dict[str, FileSpec]:

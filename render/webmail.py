@@ -2,7 +2,10 @@
 override the image reads from /var/roundcube/config.
 
 Roundcube reaches IMAP and ManageSieve at imap.<infra_domain> and submission at
-smtp-out.<infra_domain>, all through the frontends, and sends as the smtp-out user `roundcube`.
+smtp-out.<infra_domain>, all through the frontends. It submits with the credentials of the user who
+is logged in (Roundcube's `%u`/`%p`), not a service login of its own: smtp-out then lets it send only
+as that user's addresses (render.smtp_out.sender_logins), as any other client of that user. The
+smtp-out login `roundcube` still exists but owns no sender address, so nothing can be sent with it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ CA_FILE = f"{DIRECTORY}/config/ca.pem"
 # Where the image looks for extra *.php config files; ./config is mounted there.
 CONTAINER_CONFIG_DIR = "/var/roundcube/config"
 SERVICE_NAME = CONTAINER_NAME = "roundcubemail"
-SMTP_USER = "roundcube"
+# Roundcube's placeholders for the IMAP login and password of the session.
+SMTP_USER, SMTP_PASS = "%u", "%p"
 PLUGINS = ("managesieve",)
 # Apache in the image runs as www-data (uid 33, as on Debian): it reads the config, nobody else.
 SECRET_MODE, SECRET_GROUP = 0o640, "www-data"
@@ -87,7 +91,7 @@ def render(stack: Stack, webmail: Webmail, keys: KeyMaterial) -> HostTree:
         CUSTOM_CONFIG,
         des_key=php_literal(keys.roundcube_des_key),
         smtp_user=php_literal(SMTP_USER),
-        smtp_pass=php_literal(keys.sasl_passwords[SMTP_USER]),
+        smtp_pass=php_literal(SMTP_PASS),
         plugins=php_literal(PLUGINS),
         managesieve_host=php_literal(f"tls://{stack.service_name('imap')}"),
         managesieve_port=php_literal(stack.ports.managesieve),

@@ -121,7 +121,7 @@ CASES = [
     ("maildrop name as a mail domain", _set("domains[2].name", "maildrop.example.com"), "domains[2].name"),
     ("port out of range", _set("ports", {"submission": 70000}), "ports.submission"),
     ("port clash on maildrop", _set("ports", {"imaps": 4190}), "ports.imaps"),
-    ("webmail on the frontends' port", _set("ports", {"webmail": 443}), "ports.webmail"),
+    ("webmail on the frontends' port", _set("webmail.port", 443), "webmail.port"),
     ("unknown config key (typo)", _set("mailbox", [{"name": "carol"}]), "mailbox"),
     ("unknown nested key (typo)", _set("hosts.smtp_in[0].public_ip4", "198.51.100.8"), "hosts.smtp_in[0].public_ip4"),
     ("missing required key", _set("mailboxes", DELETE), "mailboxes"),
@@ -180,39 +180,169 @@ CASES = [
         "bastion.host_key",
     ),
     ("bastion host not an address or name", _set("bastion", {"host": "a b", "host_key": ED25519_KEY}), "bastion.host"),
+    (
+        "frontend without a public address",
+        _both(_set("hosts.frontend[1].public_ipv4", DELETE), _set("hosts.frontend[1].public_ipv6", DELETE)),
+        "hosts.frontend[1]",
+    ),
+    ("smtp-out with a public address", _set("hosts.smtp_out[0].public_ipv4", "198.51.100.7"), "hosts.smtp_out[0]"),
+    ("two primary frontends", _set("hosts.frontend[1].primary", True), "hosts.frontend"),
+    (
+        "alias to an unknown mailbox of the maildrop domain",
+        _set("domains[0].aliases.team", ["alice", "dave@maildrop.example.com"]),
+        "domains[0].aliases.team",
+    ),
+    ("domain without postmaster", _set("domains[2].aliases.postmaster", DELETE), "domains[2].aliases"),
+    ("nameserver not a dns name", _set("dns.nameservers", [{"name": "ns1 .example.com"}]), "dns.nameservers[0].name"),
+]
+
+# Values that would otherwise reach a daemon's file as configuration of their own:
+# (case, mutation, the key, what the error must say was expected).
+INJECTIONS = [
+    (
+        "report address is a pipe",
+        _set("dns.report_address", "|/bin/sh -c 'id >/tmp/x'"),
+        "dns.report_address",
+        "a mail address",
+    ),
+    ("report address is a file", _set("dns.report_address", "/var/mail/all"), "dns.report_address", "a mail address"),
+    (
+        "report address with a trailing newline",
+        _set("dns.report_address", "postmaster@example.com\n"),
+        "dns.report_address",
+        "a mail address",
+    ),
+    (
+        "report address that is a pipe in a domain",
+        _set("dns.report_address", "|id@example.com"),
+        "dns.report_address",
+        "a mail address",
+    ),
+    (
+        "webmail redirect with nginx directives",
+        _set("webmail.redirect", "https://www.example.com/; return 200 hi"),
+        "webmail.redirect",
+        "an https URL",
+    ),
+    (
+        "webmail redirect opening a block",
+        _set("webmail.redirect", "https://x.example.com/{"),
+        "webmail.redirect",
+        "https URL",
+    ),
+    (
+        "webmail redirect with a variable",
+        _set("webmail.redirect", "https://x.example.com/$host"),
+        "webmail.redirect",
+        "https",
+    ),
+    (
+        "webmail redirect in clear text",
+        _set("webmail.redirect", "http://www.example.com/"),
+        "webmail.redirect",
+        "https URL",
+    ),
+    (
+        "webmail redirect with a newline",
+        _set("webmail.redirect", "https://www.example.com/\n"),
+        "webmail.redirect",
+        "https",
+    ),
+    (
+        "webmail image adding compose keys",
+        _set("webmail.image", 'roundcube/roundcubemail:latest"\n    privileged: true\n    x: "'),
+        "webmail.image",
+        "an OCI image reference",
+    ),
+    (
+        "webmail image with a space",
+        _set("webmail.image", "roundcube/roundcubemail latest"),
+        "webmail.image",
+        "OCI image",
+    ),
+    ("webmail image in upper case", _set("webmail.image", "Roundcube/RoundcubeMail"), "webmail.image", "OCI image"),
+    ("egress prefix as a number", _set("egress_prefixes", [12345]), "egress_prefixes[0]", "not a network"),
+    ("host address as a number", _set("hosts.smtp_in[0].ipv4", 3221225992), "hosts.smtp_in[0].ipv4", "IPv4 address"),
+    ("webmail allow as a number", _set("webmail.allow", [203]), "webmail.allow[0]", "not a network"),
+    ("site-local prefix as a number", _set("sites[0].site_local.ipv4", 3221225472), "sites[0].site_local.ipv4", "IPv4"),
+    (
+        "alias target with a trailing newline",
+        _set("domains[0].aliases.team", ["alice", "bob@example.org\n"]),
+        "domains[0].aliases.team",
+        "is not an address",
+    ),
+    (
+        "alias target that is a pipe",
+        _set("domains[0].aliases.team", ["|/bin/sh"]),
+        "domains[0].aliases.team",
+        "neither",
+    ),
+    (
+        "relay mail_from with a trailing newline",
+        _set("relay_clients[0].mail_from", "cron@example.com\n"),
+        "relay_clients[0].mail_from",
+        "a mail address",
+    ),
+    (
+        "password hash carrying a second user",
+        _set("mailboxes[0].password_hash", "{CRYPT}$2y$05$abc::::\nroot:{CRYPT}x"),
+        "mailboxes[0].password_hash",
+        "not a password hash",
+    ),
+    (
+        "ssh key carrying a second line",
+        _set("ssh_public_key", "ssh-ed25519 AAAAC3Nz lab@example.com\nruncmd: [id]"),
+        "ssh_public_key",
+        "an SSH public key on one line",
+    ),
+    ("domain name that is not one", _set("domains[2].name", "example_org"), "domains[2].name", "not a domain name"),
+    ("host name that is not a label", _set("hosts.smtp_in[0].name", "Smtp In"), "hosts.smtp_in[0].name", "a DNS label"),
+    ("country not a code", _set("sites[2].country", "Netherlands"), "sites[2].country", "a two-letter country code"),
+    ("hypervisor not a libvirt uri", _set("sites[0].hypervisor", "http://hv/"), "sites[0].hypervisor", "a libvirt URI"),
+    ("dnsbl reply not an answer", _set("dnsbls[0].reply", "127.0.0.*"), "dnsbls[0].reply", "a DNSBL listing answer"),
+    (
+        "image url carrying shell",
+        _set("debian_image.url", "/var/lib/x-20261110-2350.qcow2$(id)"),
+        "debian_image.url",
+        "an https URL or absolute path of a .qcow2 image",
+    ),
+    (
+        "site resolver as a number",
+        _set("sites[0].resolvers", [167772161]),
+        "sites[0].resolvers[0]",
+        "not an IP address",
+    ),
+    ("relay group as a number", _set("relay_clients[0].group", 7), "relay_clients[0].group", "valid string"),
 ]
 
 
-@pytest.mark.parametrize(("mutate", "key"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_config_stops_the_program_naming_the_key(mutate, key):
+def _refused(mutate: Callable[[dict], None]) -> str:
+    """The error of the lab stack with one mutation, checking that no resource was registered."""
     values = copy.deepcopy(LAB)
     mutate(values)
     mocks = RecordingMocks()
     with pytest.raises(StackConfigError) as err:
         run_program("lab", values, mocks=mocks)
-    assert f"mail-cluster:{key}: " in str(err.value), str(err.value)
     assert mocks.resources == [], "resources registered before the config was refused"
+    return str(err.value)
+
+
+@pytest.mark.parametrize(("mutate", "key"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_config_stops_the_program_naming_the_key(mutate, key):
+    text = _refused(mutate)
+    assert f"mail-cluster:{key}: " in text, text
+
+
+@pytest.mark.parametrize(("mutate", "key", "expected"), [c[1:] for c in INJECTIONS], ids=[c[0] for c in INJECTIONS])
+def test_a_value_that_would_inject_configuration_is_refused_saying_what_was_expected(mutate, key, expected):
+    text = _refused(mutate)
+    line = next((ln for ln in text.splitlines() if f"mail-cluster:{key}: " in ln), None)
+    assert line is not None, text
+    assert expected in line, line
+    assert "pattern" not in line and "[a-z" not in line, f"the error shows a pattern, not what was expected: {line}"
 
 
 def test_the_cases_are_many_and_distinct():
     assert len(CASES) >= 30
-    assert len({c[0] for c in CASES}) == len(CASES)
-
-
-# A host key problem says what is wrong, not only where (an unknown key would name the same place).
-HOST_KEY_PROBLEMS = [
-    (_set("relay_clients[0].host_key", "hunter2"), "relay_clients[0].host_key: not an SSH public key"),
-    (_set("relay_clients[0].host_key", DELETE), "relay_clients[0].host_key: required: the host's SSH public host key"),
-    (_set("webmail.host_key", DELETE), "webmail.host_key: required: the host's SSH public host key"),
-    (_set("webmail.host_key", RSA_KEY), "webmail.host_key: an RSA host key"),
-    (_set("bastion", {"host": "bastion.example.com"}), "bastion.host_key: required: the host's SSH public host key"),
-]
-
-
-@pytest.mark.parametrize(("mutate", "problem"), HOST_KEY_PROBLEMS, ids=[p[1] for p in HOST_KEY_PROBLEMS])
-def test_host_key_problems_say_what_is_wrong(mutate, problem):
-    values = copy.deepcopy(LAB)
-    mutate(values)
-    with pytest.raises(StackConfigError) as err:
-        run_program("lab", values)
-    assert f"mail-cluster:{problem}" in str(err.value), str(err.value)
+    names = [c[0] for c in CASES + INJECTIONS]
+    assert len(set(names)) == len(names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,18 @@ def test_broken_lookup_table_is_refused(smtp_in, tmp_path):
     result = run_push(broken, "--root", str(tmp_path), "--no-reload")
     assert result.returncode == 1, result.stdout
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("drift", ["owner", "group"])
+def test_push_restores_a_files_owner_or_group_changed_on_the_host(smtp_in, tmp_path, drift):
+    """Same content and mode but another owner (or group): e.g. the TLS key chowned to a user who
+    should not read it. The push must see the drift and put the file back as the tree says."""
+    _push(smtp_in, tmp_path)
+    path = next(p for p, spec in smtp_in.files.items() if spec.mode == 0o600)
+    installed = tmp_path / path.lstrip("/")
+    expected = (installed.stat().st_uid, installed.stat().st_gid)
+    nobody = 65534
+    os.chown(installed, nobody if drift == "owner" else -1, nobody if drift == "group" else -1)
+    result = _push(smtp_in, tmp_path)
+    assert path in result["changed"], result
+    assert (installed.stat().st_uid, installed.stat().st_gid) == expected

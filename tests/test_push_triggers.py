@@ -54,21 +54,24 @@ def test_changing_nothing_changes_nothing(baseline, memo):
 
 
 @pytest.mark.parametrize(
-    "alias",
+    ("alias", "roles"),
     [
-        pytest.param(("example.com", "team", ["alice"]), id="change an alias"),
-        pytest.param(("example.org", "sales", ["bob", "carol@remote.test"]), id="add an alias"),
+        # Who an alias delivers to is also who may send as it (smtp-out's sender-logins).
+        pytest.param(("example.com", "team", ["alice"]), (SMTP_IN, SMTP_OUT), id="change an alias"),
+        pytest.param(("example.org", "sales", ["bob", "carol@remote.test"]), (SMTP_IN, SMTP_OUT), id="add an alias"),
+        pytest.param(("example.org", "press", ["carol@remote.test"]), (SMTP_IN,), id="add a forward elsewhere"),
     ],
 )
-def test_an_alias_change_touches_only_the_smtp_in_pushes(baseline, memo, alias):
+def test_an_alias_change_touches_only_the_smtp_in_and_sender_map_pushes(baseline, memo, alias, roles):
     domain, local_part, targets = alias
     values = copy.deepcopy(LAB)
     next(d for d in values["domains"] if d["name"] == domain)["aliases"][local_part] = targets
     after = run_program("lab", values, memo=memo)
     changes = _changed(baseline, after)
-    assert changes == {"changed": _pushes(SMTP_IN), "added": set(), "removed": set(), "outputs": set()}
+    pushes = set().union(*(_pushes(hosts) for hosts in roles))
+    assert changes == {"changed": pushes, "added": set(), "removed": set(), "outputs": set()}
     old, new = baseline.inputs(), after.inputs()
-    for push in _pushes(SMTP_IN):
+    for push in pushes:
         assert old[push]["triggers"] != new[push]["triggers"]
 
 

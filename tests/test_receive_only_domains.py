@@ -26,7 +26,9 @@ DOMAIN = "forward.test"
 
 def with_receive_only_domain() -> dict:
     values = copy.deepcopy(stack_file_values("lab"))
-    values["domains"].append({"name": DOMAIN, "aliases": {"info": ["alice"], "sales": ["carol@remote.test"]}})
+    values["domains"].append(
+        {"name": DOMAIN, "aliases": {"info": ["alice"], "sales": ["carol@remote.test"], "postmaster": ["alice"]}}
+    )
     return values
 
 

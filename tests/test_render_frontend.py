@@ -10,7 +10,7 @@ from ipaddress import ip_address, ip_network
 import pytest
 from conftest import assert_checks_pass, check_with_content, run_push
 
-from render import render_host
+from render import render_host, tls
 from render.frontend import MTA_STS_POLICY, STREAM_CONF, WEBMAIL_ALLOW, WEBMAIL_CONF
 from render.mta_sts import policy
 from render.names import tls_key_path
@@ -216,3 +216,31 @@ def test_an_nginx_warning_fails_the_check(stacks, frontends):
     result = check_with_content(tree, WEBMAIL_CONF, content)
     assert result.returncode == 1
     assert "[warn]" in result.stderr and "conflicting server name" in result.stderr
+
+
+# ---- security: the client's address reaches the backends, TLS policy, HSTS -----------------------
+
+
+@pytest.mark.checkers
+@pytest.mark.parametrize("upstream", ["smtp_out", "imap", "sieve"])
+def test_every_mail_backend_learns_the_client_address_from_a_proxy_header(dumps, stack_name, upstream):
+    assert re.search(r"^\s*proxy_protocol on;", stream_server(dumps[stack_name], upstream), re.M)
+
+
+@pytest.mark.checkers
+def test_https_speaks_tls_1_2_and_newer_with_strong_suites_only(dumps, stack_name):
+    protocols = re.findall(r"^\s*ssl_protocols ([^;]*);", dumps[stack_name], re.M)
+    assert protocols == ["TLSv1.2 TLSv1.3"], protocols
+    ciphers = re.findall(r"^\s*ssl_ciphers ([^;]*);", dumps[stack_name], re.M)
+    assert ciphers == [tls.CIPHERS]
+    assert not any(weak in tls.CIPHERS for weak in ("NULL", "ADH", "AECDH", "RC4", "DES", "EXP", "MD5"))
+
+
+@pytest.mark.checkers
+def test_webmail_and_mta_sts_send_hsts(stacks, dumps, stack_name):
+    for path in (WEBMAIL_CONF, "/etc/nginx/sites-enabled/mta-sts.conf"):
+        https = [s for s in re.split(r"\n(?=server \{)", included_file(dumps[stack_name], path)) if "listen 443" in s]
+        assert https, path
+        for server in https:
+            header = re.search(r'add_header Strict-Transport-Security "max-age=(\d+)" always;', server)
+            assert header and int(header.group(1)) >= 31536000, server

@@ -16,7 +16,7 @@ import pytest
 from conftest import assert_checks_pass, run_push
 
 from model import Stack
-from render import render_host
+from render import render_host, tls
 from render.maildrop import (
     DOVECOT_CONF,
     RSPAMD_PASSWORD_FILE,
@@ -440,6 +440,28 @@ def test_delivery_files_what_rspamd_tagged_into_junk_before_the_users_script(
     assert (f"Executing script: {sieve}/default.sieve" in result.stdout) != junk, result.stdout
 
 
+@pytest.mark.checkers
+def test_a_message_filed_as_spam_is_touched_by_no_later_rule_of_the_junk_script(
+    maildrops, stacks, world_traversable_dir
+):
+    """The Junk rule ends its script: a rule someone adds after it (here one filing everything into
+    Lists) must not file spam a second time. Pigeonhole ends the script sequence itself once the
+    implicit keep is cancelled, but not the rest of the same script: that is the rule's `stop`."""
+    stack = stacks["lab"]
+    root = stage(maildrops["lab"][stack.maildrop_primary.name], world_traversable_dir / "staged")
+    junk = root / SIEVE_DIR.lstrip("/") / "before.d/10-junk.sieve"
+    junk.write_text(junk.read_text() + '\nfileinto "Lists";\n')
+    mail = world_traversable_dir / "message.eml"
+    mail.write_text(SPAM)
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env", "-i"]
+    environment = ["HOME=/nonexistent", f"USER={stack.mailbox_names[0]}", "PATH=/usr/bin:/bin"]
+    sieve_test = ["sieve-test", "-c", root / DOVECOT_CONF.lstrip("/"), junk, mail]
+    result = subprocess.run([*as_nobody, *environment, *sieve_test], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "store message in folder: Junk" in result.stdout, result.stdout
+    assert "Lists" not in result.stdout, result.stdout
+
+
 # ---- the learn scripts, against stand-in rspamd controllers ------------------------------------
 
 # Runs in a new network namespace: the smtp-in addresses on its loopback, a stand-in controller on
@@ -518,3 +540,42 @@ def test_learn_script_teaches_every_reachable_controller_and_tolerates_one_down(
         assert request["path"] == f"/learn{learn}"
         assert request["password"] == rspamd_controller_password(key)
         assert "Subject: learn me" in request["body"]
+
+
+# ---- security: clients through the frontends only, TLS policy, local mail reaches a person -----
+
+
+@pytest.mark.checkers
+def test_imaps_and_managesieve_take_the_client_address_from_the_frontends_only(stacks, staged, stack_name):
+    stack = stacks[stack_name]
+    root = staged[stack_name, stack.maildrop_primary.name]
+    assert doveconf(root, "service/imap-login/inet_listener/imaps/haproxy") == "yes"
+    assert doveconf(root, "service/managesieve-login/inet_listener/sieve/haproxy") == "yes"
+    trusted = doveconf(root, "haproxy_trusted_networks").split()
+    assert sorted(trusted) == sorted(a for h in stack.hosts.frontend for a in h.site_local_addresses)
+
+
+@pytest.mark.checkers
+def test_imaps_and_managesieve_speak_tls_1_2_and_newer_with_strong_suites_only(stacks, staged, stack_name):
+    root = staged[stack_name, stacks[stack_name].maildrop_primary.name]
+    assert doveconf(root, "ssl_min_protocol") == "TLSv1.2"
+    assert doveconf(root, "ssl_cipher_list") == tls.CIPHERS
+
+
+@pytest.mark.checkers
+def test_maildrop_mail_to_root_and_postmaster_reaches_a_reader(stacks, maildrops, stack_name, tmp_path):
+    """Local mail (cron, bounces, double bounces) goes through /etc/postfix/aliases: without it,
+    root's mail would sit in a maildrop's queue that nobody reads."""
+    stack = stacks[stack_name]
+    tree = maildrops[stack_name][stack.maildrop_primary.name]
+    spec = tree.files.get("/etc/postfix/aliases")
+    assert spec is not None and spec.postmap, "the maildrop has no /etc/postfix/aliases table"
+    root = stage(tree, tmp_path)
+    table = root / "etc/postfix/aliases"
+    subprocess.run(["postmap", "-c", root / "etc/postfix", table], check=True)
+    assert postconf(root, "-h", "alias_maps") == "hash:/etc/postfix/aliases"
+    lookup = ["postmap", "-c", root / "etc/postfix", "-q"]
+    assert subprocess.run([*lookup, "root", table], capture_output=True, text=True).stdout.strip() == (
+        stack.dns.report_address or f"postmaster@{stack.domains[0].name}"
+    )
+    assert subprocess.run([*lookup, "postmaster", table], capture_output=True, text=True).stdout.strip() == "root"

@@ -84,6 +84,27 @@ def test_smtp_in_offers_no_sasl_and_smtps_speaks_tls_at_once(staged):
     assert settings(staged, "smtpd_sasl_auth_enable") == {"smtpd_sasl_auth_enable": "no"}
 
 
+def test_smtps_requires_tls_1_2_and_port_25_stays_opportunistic_without_anonymous_suites(staged):
+    # 465 is TLS-only: the mandatory policy (TLS 1.2+, strong suites) applies there.
+    assert (
+        postconf(staged, "-P", "smtps/inet/smtpd_tls_security_level") == "smtps/inet/smtpd_tls_security_level = encrypt"
+    )
+    values = settings(
+        staged,
+        "smtpd_tls_mandatory_protocols",
+        "smtpd_tls_mandatory_ciphers",
+        "smtpd_tls_exclude_ciphers",
+        "smtpd_tls_security_level",
+        "disable_vrfy_command",
+    )
+    assert values["smtpd_tls_mandatory_protocols"] == ">=TLSv1.2"
+    assert values["smtpd_tls_mandatory_ciphers"] == "high"
+    # 25: opportunistic (the default level, may) for every MTA, but never anonymous or NULL suites.
+    assert values["smtpd_tls_security_level"] in ("", "may")
+    assert {"aNULL", "eNULL"} <= {c.strip() for c in values["smtpd_tls_exclude_ciphers"].split(",")}
+    assert values["disable_vrfy_command"] == "yes"
+
+
 def test_smtp_in_main_cf_has_the_case_study_values(staged, stacks, stack_name):
     stack = stacks[stack_name]
     host = stack.hosts.smtp_in[0]

@@ -12,8 +12,9 @@ import pytest
 from conftest import assert_checks_pass, check_with_content, role_trees
 from postfix_tools import postconf, settings, stage
 
+from render import tls
 from render.names import tls_key_path
-from render.smtp_out import KEY_TABLE, SASL_USERS, SIGNING_TABLE, dkim_key_path
+from render.smtp_out import KEY_TABLE, SASL_USERS, SENDER_LOGINS, SIGNING_TABLE, dkim_key_path
 
 OPENDKIM_CONF = "/etc/opendkim.conf"
 
@@ -248,3 +249,80 @@ def test_all_smtp_out_hosts_differ_only_in_their_own_names(trees, stacks, stack_
             theirs = hosts[other.name].files[path].content
             mine = spec.content.replace(f".{first.site}.{stack.infra_domain}", f".{other.site}.{stack.infra_domain}")
             assert mine == theirs, path
+
+
+# ---- security: senders are who they logged in as; the real client; TLS policy -----------------
+
+
+def sender_owner(staged: Path, address: str) -> str | None:
+    """The logins `smtpd_sender_login_maps` gives `address`, as Postfix looks it up (postmap -q)."""
+    table = f"hash:{staged}{SENDER_LOGINS}"
+    result = subprocess.run(["postmap", "-c", staged / "etc/postfix", "-q", address, table], capture_output=True)
+    return result.stdout.decode().strip() or None
+
+
+def test_each_login_may_send_only_as_its_own_addresses(staged, stacks, stack_name):
+    assert settings(staged, "smtpd_sender_login_maps", "smtpd_sender_restrictions") == {
+        "smtpd_sender_login_maps": f"hash:{SENDER_LOGINS}",
+        "smtpd_sender_restrictions": "reject_sender_login_mismatch",
+    }
+    stack = stacks[stack_name]
+    for domain in stack.domains:
+        # Every served domain's postmaster is someone's to answer as.
+        assert sender_owner(staged, f"postmaster@{domain.name}")
+    for client in stack.relay_clients:
+        assert client.group in sender_owner(staged, client.mail_from).split(",")
+    # The shared Roundcube login owns nothing: Roundcube submits as the logged-in user.
+    lines = (staged / SENDER_LOGINS.lstrip("/")).read_text().splitlines()
+    assert not any("roundcube" in line.split()[-1].split(",") for line in lines if line and not line.startswith("#"))
+
+
+def test_the_lab_sender_table_follows_the_aliases(trees, tmp_path):
+    staged = stage(role_trees(trees["lab"], "smtp_out")[0], tmp_path)
+    assert sender_owner(staged, "alice@example.com") == "alice"
+    assert sender_owner(staged, "team@example.com") == "alice,bob"  # an alias delivering to both
+    assert sender_owner(staged, "alice@example.net") == "alice"  # through alice@example.com
+    assert sender_owner(staged, "bob@example.org") == "bob"
+    assert sender_owner(staged, "cron@example.com") == "cron"
+    assert sender_owner(staged, "carol@example.com") is None  # forwarded elsewhere: nobody's here
+    assert sender_owner(staged, "noreply@example.com") is None
+    assert sender_owner(staged, "someone@remote.test") is None
+
+
+def test_dovecot_gives_postfix_the_bare_lower_case_login(staged):
+    conf = staged / "etc/dovecot/dovecot.conf"
+    result = subprocess.run(["doveconf", "-c", conf, "-h", "auth_username_format"], capture_output=True, text=True)
+    assert result.stdout.strip() == "%Ln", result.stderr
+
+
+def test_submission_takes_the_client_address_from_the_frontends_proxy_header(staged):
+    name = "submission/inet/smtpd_upstream_proxy_protocol"
+    assert postconf(staged, "-P", name) == f"{name} = haproxy"
+
+
+def test_the_webmail_host_and_relay_clients_are_spared_the_per_client_limits(staged, stacks, stack_name):
+    stack = stacks[stack_name]
+    exceptions = settings(staged, "smtpd_client_event_limit_exceptions")["smtpd_client_event_limit_exceptions"]
+    listed = [e.strip() for e in exceptions.split(",")]
+    assert "$mynetworks" in listed
+    for address in [stack.webmail.address, *(c.address for c in stack.relay_clients)]:
+        assert (f"[{address}]/128" if address.version == 6 else f"{address}/32") in listed
+    # Everybody else keeps the case study's limits.
+    assert settings(staged, "smtpd_client_connection_count_limit")["smtpd_client_connection_count_limit"] == "4"
+
+
+def test_submission_speaks_tls_1_2_and_newer_with_strong_suites_and_no_vrfy(staged):
+    assert settings(
+        staged,
+        "smtpd_tls_mandatory_protocols",
+        "smtpd_tls_mandatory_ciphers",
+        "tls_high_cipherlist",
+        "disable_vrfy_command",
+    ) == {
+        "smtpd_tls_mandatory_protocols": ">=TLSv1.2",
+        "smtpd_tls_mandatory_ciphers": "high",
+        "tls_high_cipherlist": tls.CIPHERS,
+        "disable_vrfy_command": "yes",
+    }
+    excluded = settings(staged, "smtpd_tls_mandatory_exclude_ciphers")["smtpd_tls_mandatory_exclude_ciphers"]
+    assert {"aNULL", "eNULL", "EXPORT", "RC4"} <= {c.strip() for c in excluded.split(",")}
