@@ -11,17 +11,29 @@ pinned key, then the host through it (connection.go:204-242), as OpenSSH's Proxy
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 
 from components.push import payload, push_command
+from lab.cluster import VM_ONLY_PACKAGES
 from model.host_key import fingerprint
 from tests import ssh_sites
 from tests.ssh_sites import BASTION_ADDRESS, HOST_ADDRESS, HOST_BEHIND_BASTION, OpenSsh
 
 # A frontend: its checker (nginx -t) is quick and it needs nothing else running.
 HOST = "nginx0-chrma0"
+
+
+def _as_this_host_takes_it(tree):
+    """The frontend's tree as this host can take it, as the lab pushes it (lab.cluster.push): its
+    packages are this machine's, but for the VM-only ones (qemu-guest-agent, not installed here and
+    no mirror to install it from); no probes, which need the whole cluster serving (the lab tests)."""
+    packages = tuple(p for p in tree.packages if p not in VM_ONLY_PACKAGES)
+    return dataclasses.replace(tree, packages=packages, probes=())
+
+
 # Another VM of the stack: its key is a real generated key, just not this host's.
 OTHER = "smtp-in-chrma0"
 
@@ -62,7 +74,7 @@ def sites(stacks, keys, trees, tmp_path_factory):
             "host": host,
             "bastion": bastion,
             "client": client,
-            "tree": trees["lab"][HOST],
+            "tree": _as_this_host_takes_it(trees["lab"][HOST]),
             "material": material,
         }
     finally:

@@ -84,6 +84,8 @@ def test_each_seed_shape_is_booted(stacks):
     assert {seed_shape(stack, r, h) for r, h in stack.vm_hosts} == booted
 
 
+# Also `lab`: minutes of emulated CPU per guest, so the quick `-m "not lab"` runs leave it out; CI runs it.
+@pytest.mark.lab
 @pytest.mark.parametrize("role", BOOT_ROLES)
 def test_vm_comes_up_as_the_program_says_and_a_second_boot_changes_nothing(role, vm_guests):
     started = time.monotonic()

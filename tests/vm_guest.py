@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
 import json
@@ -131,13 +132,16 @@ def image_key() -> str:
 def image() -> Image:
     """The cached image, built first if this machine has none (a few minutes: see the README)."""
     target = CACHE / f"vm-image-{image_key()}"
-    if not (target / "done").exists():
-        started = time.monotonic()
-        _build(target)
-        seconds = time.monotonic() - started
-        (target / "done").write_text(f"{seconds:.0f}\n")
-    else:
-        seconds = None
+    CACHE.mkdir(parents=True, exist_ok=True)
+    seconds = None
+    # One build at a time on a machine: test sessions started side by side wait for the first.
+    with open(CACHE / "vm-image.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "done").exists():
+            started = time.monotonic()
+            _build(target)
+            seconds = time.monotonic() - started
+            (target / "done").write_text(f"{seconds:.0f}\n")
     return Image(target / "root.raw", target / "vmlinuz", target / "initrd.img", seconds)
 
 
@@ -382,7 +386,10 @@ class Guest:
 # Run inside the guest: the facts the boot test compares, from the tools a Debian 12 image has.
 FACTS = r"""
 import json, os, subprocess, sys
+import shutil
 def sh(*argv):
+    if not shutil.which(argv[0]):
+        return ""
     r = subprocess.run(argv, capture_output=True, text=True)
     return r.stdout if r.returncode == 0 else ""
 def ipj(*argv):
@@ -407,7 +414,12 @@ print(json.dumps({
     "fqdn": sh("hostname", "--fqdn").strip(),
     "addresses": addresses,
     "defaults": defaults,
-    "resolvers": sh("resolvectl", "dns", "site-local").split(":", 1)[-1].split(),
+    # systemd-resolved's servers for the NIC, or (an image without resolved) resolv.conf's.
+    "resolvers": (
+        sh("resolvectl", "dns", "site-local").split(":", 1)[-1].split()
+        if shutil.which("resolvectl")
+        else [l.split()[1] for l in (read("/etc/resolv.conf") or "").splitlines() if l.startswith("nameserver ")]
+    ),
     "authorized_keys": (read("/root/.ssh/authorized_keys") or "").splitlines(),
     "host_keys": sorted(p for p in os.listdir("/etc/ssh") if p.startswith("ssh_host_")),
     "host_key": (read("/etc/ssh/ssh_host_ed25519_key.pub") or "").split()[:2],
