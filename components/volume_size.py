@@ -47,10 +47,11 @@ echo "$VOLUME: $((current / 1073741824)) GiB -> $((BYTES / 1073741824)) GiB"
 """
 
 
-def resize_environment(site: Site, volume_name: str, domain: str, gib: int, key: str) -> dict[str, str]:
+def resize_environment(site: Site, pool: str, volume_name: str, domain: str, gib: int, key: str) -> dict[str, str]:
+    """`pool`: the volume's own, from its state (a disk keeps its pool when the site's changes)."""
     return {
         "LIBVIRT_URI": site.hypervisor,
-        "POOL": site.pool,
+        "POOL": pool,
         "VOLUME": volume_name,
         "DOMAIN": domain,
         "BYTES": str(gib * GIB),
@@ -74,7 +75,9 @@ class VolumeSize(local.Command):
         super().__init__(
             name,
             create=RESIZE,
-            environment=volume.name.apply(lambda volume_name: resize_environment(site, volume_name, domain, gib, key)),
+            environment=pulumi.Output.all(volume.pool, volume.name).apply(
+                lambda pool_and_name: resize_environment(site, *pool_and_name, domain, gib, key)
+            ),
             triggers=[gib],
             opts=opts,
         )

@@ -24,7 +24,7 @@ import pytest
 from components.vm import IMAGE_CHECK
 from components.volume_size import RESIZE, resize_environment
 from model import StackConfigError, load_stack, stack_file_values
-from tests.pulumi_program import CLOUD_INIT, COMMAND, DOMAIN, VOLUME, run_program
+from tests.pulumi_program import CLOUD_INIT, COMMAND, DOMAIN, VOLUME, RecordingMocks, run_program
 
 LOCAL_COMMAND = "command:local:Command"
 GIB = 1024**3
@@ -145,7 +145,9 @@ def resize(tmp_path: Path, gib: int, capacity_gib: int, state: str = "running") 
     bin_dir = fake_virsh(tmp_path, capacity_gib * GIB, state)
     stack = load_stack(stack_file_values("prod"))
     site = stack.site_by_name["chbtl0"]
-    env = resize_environment(site, "maildrop0-chbtl0-mail.qcow2", "maildrop0-chbtl0", gib, "vm_overrides.x.mail_gib")
+    env = resize_environment(
+        site, site.pool, "maildrop0-chbtl0-mail.qcow2", "maildrop0-chbtl0", gib, "vm_overrides.x.mail_gib"
+    )
     env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
     return subprocess.run(["/bin/sh", "-c", RESIZE], env=env, capture_output=True, text=True)
 
@@ -264,3 +266,21 @@ def test_a_grown_mail_volume_makes_the_maildrop_push_grow_its_filesystem(tmp_pat
     # The other maildrop's tree is untouched: one host at a time.
     peer = stack.hosts.maildrop[1]
     assert render_host(grown, "maildrop", peer, keys).digest() == render_host(stack, "maildrop", peer, keys).digest()
+
+
+class StatePoolMocks(RecordingMocks):
+    """Volumes answer with the pool they were built in, as the engine does under ignore_changes."""
+
+    def new_resource(self, args):
+        id_, outputs = super().new_resource(args)
+        return id_, outputs | ({"pool": "default"} if args.typ == VOLUME else {})
+
+
+def test_a_disk_left_in_its_old_pool_is_resized_there():
+    # A site's pool edit reaches new disks only (components/vm.py ignores `pool` on built disks):
+    # the resize must look for the volume where it is, as the volume's state says.
+    values = stack_file_values("prod")
+    sites = [s | {"pool": "fast"} if s["name"] == "chbtl0" else s for s in values["sites"]]
+    run = run_program("prod", values | {"sites": sites}, mocks=StatePoolMocks())
+    env = run.mocks.named(LOCAL_COMMAND, "maildrop0-chbtl0-mail-size").inputs["environment"]
+    assert env["POOL"] == "default"
