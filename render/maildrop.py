@@ -232,7 +232,8 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
         **sieve_files(stack, keys),
         **postfix.tls_files(stack, keys, reload=("postfix", "dovecot")),
         UNIT_DROP_IN: FileSpec(
-            render_template(ROLE, UNIT_DROP_IN, dsync_parameters=DSYNC_ON_START), reload=("dovecot-unit",)
+            render_template(ROLE, UNIT_DROP_IN, dsync_parameters=DSYNC_ON_START, users_home=USERS_HOME),
+            reload=("dovecot-unit",),
         ),
         MAIL_VOLUME: FileSpec(f"size_gib={stack.shape(host).mail_gib}\n", reload=("mail-volume",)),
     }

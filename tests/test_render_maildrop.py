@@ -579,3 +579,9 @@ def test_maildrop_mail_to_root_and_postmaster_reaches_a_reader(stacks, maildrops
         stack.dns.report_address or f"postmaster@{stack.domains[0].name}"
     )
     assert subprocess.run([*lookup, "postmaster", table], capture_output=True, text=True).stdout.strip() == "root"
+
+
+def test_dovecot_starts_only_with_the_mail_volume_mounted(maildrops, stack_name):
+    # Without it, a maildrop whose mail volume failed to mount would take mail onto its root disk.
+    for tree in maildrops[stack_name].values():
+        assert "[Unit]\nRequiresMountsFor=/var/dovecot/users\n" in tree.files[UNIT_DROP_IN].content
