@@ -44,5 +44,7 @@ pulumi.export("hosts", [host for role in vm_roles for host in role.hosts])
 pulumi.export("endpoints", endpoints(stack, dns))
 pulumi.export("dns_records", dns.records)
 pulumi.export("dns_zones", dns.zones)
+# The SSH host key each push pins, with its fingerprint: what `ssh` shows when it meets the host.
+pulumi.export("ssh_host_keys", pushes.host_keys())
 # Generated mailbox passwords (mailboxes without a password_hash): a secret output, for the operator.
 pulumi.export("mailbox_passwords", keys.material.apply(lambda material: dict(material.mailbox_passwords)))

@@ -27,7 +27,7 @@ import pulumi_libvirt as libvirt
 from components.push import Pushes
 from components.volume_size import VolumeSize
 from model import Host, Site, Stack
-from render import cloud_init
+from render import cloud_init, rollout
 from render.keys import KeyMaterial
 
 GIB = 1024**3
@@ -242,16 +242,23 @@ class VmRole(pulumi.ComponentResource):
                 stack, self.ROLE, host, hypervisors[host.site], pushes.material, pulumi.ResourceOptions(parent=self)
             )
             self.vms[host.name] = vm
-            self.pushes[host.name] = pushes.push(
+        # One host at a time, in render.rollout's order: each push waits for the one before it, so
+        # an engine stops the role's rollout at its first failing host (the rest keep the old config).
+        previous: list[pulumi.Resource] = []
+        for host in rollout.order(stack, self.ROLE):
+            vm = self.vms[host.name]
+            push = pushes.push(
                 host.name,
                 self.ROLE,
                 host,
                 vm.address,
                 parent=self,
-                depends_on=[vm.domain, *vm.resizes],
+                depends_on=[vm.domain, *vm.resizes, *previous],
                 # A rebuilt VM (a new domain id) is pushed again even if its files did not change.
                 rebuilt=vm.domain.id,
             )
+            self.pushes[host.name] = push
+            previous = [push]
         self.hosts = [host_summary(stack, self.ROLE, h) for h in getattr(stack.hosts, self.ROLE)]
         self.register_outputs({"hosts": self.hosts})
 

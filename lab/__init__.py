@@ -4,12 +4,14 @@ daemons on the files `render` produces.
     python3 -m lab up          render the lab stack, build the network, start every daemon, wait until ready
     python3 -m lab status      where each service listens, the test accounts (--json for tests)
     python3 -m lab down        stop every process, remove every namespace, mount and file
+    python3 -m lab apply       push what an edit of the stack file changed, host by host, with probes
 
 Modules: network (namespaces, veths, addresses, routes), internet (the clients, the remote MTA,
 the lab's DNS server's addresses), dns_server (nsd serving the emitted zones), host_root (each
 host's filesystem view: the rendered tree over a Debian root), daemons (start/stop/readiness),
 syslog (the hosts' /dev/log), netns (entering namespaces from Python), state (what `down`
-removes), cluster (up/down/status). README.md says why it is built this way.
+removes), cluster (up/down/status), units (the hosts' systemctl: real reloads during a push),
+apply (a change rolled out as `pulumi up` would). README.md says why it is built this way.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""python3 -m lab up|down|status [--json]|stop HOST|start HOST: the lab cluster on this machine."""
+"""python3 -m lab up|down|status [--json]|stop HOST|start HOST|apply [FILE]: the lab cluster on this machine."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from lab import cluster, hosts
+from lab import apply, cluster, hosts
 
 
 def _daemon(d: dict) -> str:
@@ -35,6 +36,20 @@ def _print_status(status: dict) -> None:
     print(f"  CA {status['ca_file']}; logs in {status['hosts'][0]['logs'].rsplit('/', 2)[0]}/<host>/log")
 
 
+def _apply(stack_file: Path | None) -> int:
+    try:
+        outcomes = apply.apply(stack_file)
+    except apply.ApplyRefused as err:
+        print(f"lab apply refused: {err}", file=sys.stderr)
+        return 1
+    failed = [o for o in outcomes if o.status == "failed"]
+    pushed = sum(o.status == "pushed" for o in outcomes)
+    print(f"pushed {pushed} hosts, {len(failed)} failed, {sum(o.status == 'unchanged' for o in outcomes)} unchanged")
+    for o in failed:
+        print(f"lab apply failed on {o.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--json", action="store_true")
     for verb, text in (("stop", "stop every daemon of one host (try a failover)"), ("start", "start them again")):
         sub.add_parser(verb, help=text).add_argument("host", help="a host of the running lab, e.g. maildrop0-chbtl0")
+    ap = sub.add_parser("apply", help="push the hosts whose trees changed, one at a time per role, with probes")
+    ap.add_argument("file", nargs="?", type=Path, help="the stack file as edited (default: the running lab's)")
     args = parser.parse_args(argv)
 
     if args.command == "up":
@@ -57,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             print("the lab is left as it is for inspection; `python3 -m lab down` removes it", file=sys.stderr)
             return 1
         _print_status(status)
+    elif args.command == "apply":
+        return _apply(args.file)
     elif args.command == "down":
         cluster.down()
     elif args.command in ("stop", "start"):

@@ -25,7 +25,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import NETNS_PREFIX, STATE_DIR, daemons, dns_server, host_root, hyperscan, internet, network, state, webmail
+from lab import (
+    NETNS_PREFIX,
+    STATE_DIR,
+    daemons,
+    dns_server,
+    host_root,
+    hyperscan,
+    internet,
+    network,
+    state,
+    units,
+    webmail,
+)
 from lab.host_root import HostRoot
 from lab.netns import nsenter, pids_in
 from model import Stack, load_stack_file
@@ -115,11 +127,28 @@ def provisioning(host: LabHost, keys: KeyMaterial) -> dict[str, FileSpec]:
     return files
 
 
-def push(host: LabHost, tree: HostTree) -> None:
+# Packages of a libvirt VM that mean nothing in a namespace (and are not installed here): the lab's
+# push leaves them out of the manifest's package list (lab/README.md, lab-only differences).
+VM_ONLY_PACKAGES = ("qemu-guest-agent",)
+
+
+class PushFailed(RuntimeError):
+    """A push that failed: the message names the host and what failed; `result` is what the push
+    script reported (changed, removed, reload, probes) when it got that far."""
+
+    def __init__(self, message: str, result: dict | None = None):
+        super().__init__(message)
+        self.result = result or {}
+
+
+def push(host: LabHost, tree: HostTree, *, probes: bool = False) -> dict:
     """Install a tree inside the host with render/push_host.py, as production does on a VM: its
-    checks, its files, its postmaps and its reload commands (which find the lab's `systemctl`
-    first, host_root.SHIM). The webmail host's reload is `docker compose up`: the lab runs
-    Debian's Roundcube instead (lab.webmail), so that tree is installed and checked only."""
+    package check, its checks, its files, its postmaps, its reload commands and, with `probes`,
+    its probes (and roll-back). The reloads go to the lab's `systemctl` (host_root.SHIM): while the
+    push runs the lab carries them out on the host's running daemons (lab.units); at `up`, before
+    the daemons start, they do nothing. The webmail host's reload is `docker compose up`: the lab
+    runs Debian's Roundcube instead (lab.webmail), so that tree is installed and checked only.
+    Returns the push script's result; raises PushFailed naming the host."""
     # Then the directory of the interpreter running the lab (the venv): checkers installed with pip
     # (check-jsonschema, for the webmail tree) are there, whether or not the venv is on PATH.
     path = [host_root.SHIM_DIR, str(Path(sys.executable).parent), os.environ.get("PATH", host_root.DAEMON_ENV["PATH"])]
@@ -129,10 +158,17 @@ def push(host: LabHost, tree: HostTree) -> None:
     script = host.root.outside(HOST_PUSH_SCRIPT)
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(PUSH_HOST.read_text())
-    argv = ["/usr/bin/python3", HOST_PUSH_SCRIPT, *(["--no-reload"] if tree.role == "webmail" else [])]
-    result = host.root.run(argv, input=json.dumps(tree.manifest()), env=env, timeout=300)
+    flags = ["--no-reload"] if tree.role == "webmail" else [] if probes else ["--no-probes"]
+    manifest = tree.manifest()
+    manifest["packages"] = [p for p in manifest["packages"] if p not in VM_ONLY_PACKAGES]
+    with units.serving([host.root]) if probes else contextlib.nullcontext():
+        result = host.root.run(
+            ["/usr/bin/python3", HOST_PUSH_SCRIPT, *flags], input=json.dumps(manifest), env=env, timeout=600
+        )
+    reported = json.loads(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else None
     if result.returncode != 0:
-        raise RuntimeError(f"{host.name}: push of the {tree.role} tree failed:\n{result.stderr.strip()}")
+        raise PushFailed(f"{host.name}: push of the {tree.role} tree failed:\n{result.stderr.strip()}", reported)
+    return reported or {}
 
 
 # ---- up ----------------------------------------------------------------------------------------
@@ -283,6 +319,8 @@ def _bring_up_host(
         if host.tree is None:
             return []
         push(host, host.tree)
+        # What `lab apply` compares a new render with (lab.apply): only changed hosts are pushed.
+        entry["digest"] = host.tree.digest()
         if host.name == cache.compiler:
             cache.start_compile(stack, host)
     except BaseException:

@@ -53,6 +53,8 @@ class Daemon:
     pidfile: str | None = None
     # ExecStop= (otherwise SIGTERM to its pid).
     stop: tuple[str, ...] | None = None
+    # The Debian unit whose ExecReload= reloads it (otherwise the unit of its name).
+    unit: str | None = None
 
 
 # In start order: resolvers and backends before the daemons that use them.
@@ -85,6 +87,8 @@ DAEMONS = {
             prestart=(("/usr/lib/postfix/configure-instance.sh", "-"),),
             pidfile="/var/spool/postfix/pid/master.pid",
             stop=("postfix", "stop"),
+            # postfix.service only groups the instances; each instance's unit reloads it.
+            unit="postfix@-",
         ),
         Daemon("nginx", ("nginx", "-g", "daemon off; master_process on;")),
         # The relay clients' unit runs `smtpd -f /etc/mail/smtpd.conf`; -d keeps it in the foreground.
@@ -281,6 +285,28 @@ def start(root: HostRoot, daemon: Daemon) -> int:
             start_new_session=True,
         )
     return process.pid
+
+
+UNIT_DIRS = (Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
+
+
+def exec_reload(daemon: Daemon, pid: int) -> list[str] | None:
+    """ExecReload= of the daemon's Debian unit ($MAINPID the lab's pid, %i the instance); None when
+    the unit has none (systemd refuses to reload it too)."""
+    unit = daemon.unit or daemon.name
+    template = unit.split("@")[0] + "@" if "@" in unit else unit
+    instance = unit.partition("@")[2]
+    for directory in UNIT_DIRS:
+        path = directory / f"{template}.service"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "ExecReload" and value.strip():
+                    command = value.strip().lstrip("+-@!:")
+                    command = command.replace("$MAINPID", str(pid)).replace("%i", instance)
+                    return shlex.split(command)
+            break
+    return None
 
 
 def exec_start_post(root: HostRoot, daemon: Daemon) -> list[tuple[bool, list[str]]]:

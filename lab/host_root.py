@@ -44,12 +44,29 @@ OVERLAID = tuple(d for d in ("etc", "var", "usr", "srv", "opt") if Path("/", d).
 NS_DIR = STATE_DIR / "ns"
 # What systemd would give a service: a clean environment with the standard PATH.
 DAEMON_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-# Character devices a daemon may open (mode, major, minor), as a container runtime provides them.
-# Inside each host, first in the PATH of the push (lab.cluster.push): the push's reload commands
-# (`systemctl reload postfix`, also the first step of some: sysusers, tmpfiles, sievec) run as on a
-# VM, but there is nothing to reload yet: the lab starts every daemon itself after the install.
+# Inside each host, first in the PATH of the push (lab.cluster.push): the lab's `systemctl`. The
+# push's reload commands (`systemctl reload postfix`, after sysusers, tmpfiles, sievec in some) run
+# as on a VM, and the shim hands each systemctl request to the lab process that runs the push
+# (lab.units, listening on the host's SYSTEMCTL_SOCKET), which carries it out on the lab's own
+# daemons. With nobody listening (`lab up` installs before it starts the daemons) it does nothing.
 SHIM_DIR = f"{STATE_DIR}/bin"
-SHIM = "#!/bin/sh\n# The lab's systemctl: the lab starts and stops the daemons itself (lab/daemons.py).\nexit 0\n"
+SYSTEMCTL_SOCKET = "systemctl.sock"
+SHIM = """#!/usr/bin/python3
+# The lab's systemctl (lab/host_root.py, lab/units.py): the request goes to the lab, which carries
+# it out on the lab's daemons; with no lab listening (daemons not started yet) it does nothing.
+import json, os, socket, sys
+path = {socket!r}
+if not os.path.exists(path):
+    sys.exit(0)
+with socket.socket(socket.AF_UNIX) as s:
+    s.connect(path)
+    s.sendall(json.dumps(sys.argv[1:]).encode())
+    s.shutdown(socket.SHUT_WR)
+    reply = json.loads(b"".join(iter(lambda: s.recv(65536), b"")) or b'{{"rc": 1, "output": "no answer"}}')
+sys.stderr.write(reply["output"])
+sys.exit(reply["rc"])
+"""
+# Character devices a daemon may open (mode, major, minor), as a container runtime provides them.
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 
 
@@ -74,6 +91,11 @@ class HostRoot:
     @property
     def logs(self) -> Path:
         return self.base / "log"
+
+    @property
+    def systemctl_socket(self) -> Path:
+        """Where the host's `systemctl` sends its requests (the same path inside and outside)."""
+        return self.base / SYSTEMCTL_SOCKET
 
     @property
     def mount_ns(self) -> Path:
@@ -131,7 +153,8 @@ def _setup_script(root: HostRoot) -> str:
         # /run is built aside and moved into place: once it covers /run, STATE_DIR is out of sight.
         f"mount -n -t tmpfs -o mode=0755 run {b}/run",
         f"mkdir -p {b}/run/systemd/journal {b}/run/lock {b}/run{SHIM_DIR.removeprefix('/run')}",
-        f"printf '%s' {shlex.quote(SHIM)} > {b}/run{SHIM_DIR.removeprefix('/run')}/systemctl",
+        f"printf '%s' {shlex.quote(SHIM.format(socket=str(root.systemctl_socket)))}"
+        f" > {b}/run{SHIM_DIR.removeprefix('/run')}/systemctl",
         f"chmod 0755 {b}/run{SHIM_DIR.removeprefix('/run')}/systemctl",
         f"mount -n --bind {root.journal} {b}/run/systemd/journal",
         # The host's own lab directory at the same path inside: files the lab writes for a daemon

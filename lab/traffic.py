@@ -12,6 +12,7 @@ import re
 import smtplib
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -261,3 +262,60 @@ def frontend_login(status: dict, account: dict, timeout: float = 5) -> bool:
     except (imaplib.IMAP4.error, OSError):
         return False
     return True
+
+
+# ---- a steady stream of inbound mail ----------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    message_id: str
+    first_try: float  # time.monotonic() when the MTA first tried to hand it over
+    accepted: float  # ... and when an MX took it
+
+
+class SteadySender:
+    """Internet MTAs (one per source address) that keep mailing `recipient`, each message from
+    its own sender address (no greylisting triple repeats), until stopped: what a change rolling
+    through smtp-in must not disturb. Each MTA falls back to another MX and retries as Sender does;
+    `sent` records when each message was first tried and when an MX took it."""
+
+    def __init__(self, status: dict, sources: list[str], recipient: str, tag: str, pause: float = 0.2):
+        self.status, self.recipient, self.tag, self.pause = status, recipient, tag, pause
+        self.mtas = senders(status, sources, recipient.split("@")[1])
+        self.sent: list[Sent] = []
+        self._stop = False
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=len(self.mtas))
+        self._work = [self._pool.submit(self._run, mta, n) for n, mta in enumerate(self.mtas)]
+
+    def _run(self, mta: Sender, index: int) -> None:
+        count = 0
+        try:
+            while not self._stop:
+                sender = f"{self.tag}-{index}-{count}@{internet.REMOTE_DOMAIN}"
+                message_id, text = clients.message(sender, self.recipient, f"steady {index} {count}", self.tag)
+                first = time.monotonic()
+                mta.send(sender, self.recipient, text, message_id, first + 300)
+                with self._lock:
+                    self.sent.append(Sent(message_id, first, time.monotonic()))
+                count += 1
+                time.sleep(self.pause)
+        finally:
+            mta.close()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.sent)
+
+    def stop(self, at_least: int = 0, timeout: float = 300) -> list[Sent]:
+        """Stop once `at_least` messages were taken; raises what an MTA raised (e.g. no MX took a
+        message within 300 s). Returns every message taken."""
+        deadline = time.monotonic() + timeout
+        while self.count() < at_least and time.monotonic() < deadline and not any(w.done() for w in self._work):
+            time.sleep(0.2)
+        self._stop = True
+        for work in self._work:
+            work.result()
+        self._pool.shutdown()
+        return list(self.sent)

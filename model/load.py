@@ -15,6 +15,11 @@ from model.stack import Stack
 NAMESPACE = "mail-cluster"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 KEYS = tuple(Stack.model_fields)
+# What to say for a required key that is missing, where "Field required" would not tell how to fill it.
+MISSING = {
+    "host_key": "required: the host's SSH public host key (`ssh-ed25519 AAAA...`, from "
+    "/etc/ssh/ssh_host_ed25519_key.pub on it); its push refuses any other key",
+}
 
 
 class StackConfigError(ValueError):
@@ -43,8 +48,12 @@ def load_stack(values: Mapping[str, Any]) -> Stack:
     except ValidationError as err:
         seen: dict[str, str] = {}
         for e in err.errors():
+            key = _key(e["loc"])
+            message = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "missing":
+                message = MISSING.get(key.rpartition(".")[2], message)
             # A union field reports once per member; the first message is enough.
-            seen.setdefault(_key(e["loc"]), e["msg"].removeprefix("Value error, "))
+            seen.setdefault(key, message)
         raise StackConfigError(list(seen.items())) from None
     found = problems(stack)
     if found:

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from model.host_key import HostKey
+
 # Free text is typed by what it is (model.values): host and site names are DNS labels.
 from model.values import (
     HASH_TEXT,
@@ -20,6 +22,7 @@ from model.values import (
     CountryCode,
     DnsblReply,
     DnsName,
+    HostName,
     HttpsUrl,
     HypervisorUri,
     ImageLocation,
@@ -32,6 +35,7 @@ from model.values import (
     IPv6Net,
     Label,
     SshPublicKey,
+    UnixUser,
 )
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -169,6 +173,9 @@ class Webmail(Strict):
 
     host: Label
     address: IPAddr
+    # Its SSH host key (/etc/ssh/ssh_host_ed25519_key.pub there): the push pins it. Not ours to
+    # generate, so the stack must name it.
+    host_key: HostKey
     port: Port = 9002
     # Written into the compose file: a reference, nothing that could add YAML keys of its own.
     image: ImageReference = "roundcube/roundcubemail:latest"
@@ -183,10 +190,22 @@ class RelayClient(Strict):
 
     name: Label
     address: IPAddr
+    # Its SSH host key, pinned by its push (as the webmail host's).
+    host_key: HostKey
     # The SASL user on smtp-out; the case study names these after the server's group (`bastion`).
     group: Label
     # The only sender smtp-out lets this group use (smtpd_sender_login_maps).
     mail_from: Address
+
+
+class Bastion(Strict):
+    """A jump host every push goes through (pulumi-command's `proxy`), with its own pinned key."""
+
+    # An address or a DNS name, as the operator's ssh would dial it.
+    host: IPAddr | HostName
+    user: UnixUser = "root"
+    port: Port = 22
+    host_key: HostKey
 
 
 class DkimKey(Strict):
@@ -277,6 +296,8 @@ class Stack(Strict):
     hosts: Hosts
     webmail: Webmail
     relay_clients: list[RelayClient] = []
+    # None: the pushes dial every host directly.
+    bastion: Bastion | None = None
     domains: list[Domain] = Field(min_length=1)
     mailboxes: list[Mailbox] = Field(min_length=1)
     dnsbls: list[Dnsbl] = []

@@ -7,9 +7,11 @@ are hosts of the stack too.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 from model import Stack
+from render import cloud_init
 from render.keys import KeyMaterial
 from render.tree import Check, FileSpec, HostTree
 
@@ -18,7 +20,11 @@ ROLES = ("smtp_out", "smtp_in", "maildrop", "frontend")
 
 
 def render_host(stack: Stack, role: str, host, keys: KeyMaterial) -> HostTree:
-    return importlib.import_module(f"render.{role}").render(stack, host, keys)
+    tree = importlib.import_module(f"render.{role}").render(stack, host, keys)
+    if role in cloud_init.PACKAGES:
+        # The push installs what cloud-init should have (a VM built before a package joined the list).
+        tree = dataclasses.replace(tree, packages=tuple(cloud_init.packages(role)))
+    return tree
 
 
 def render_stack(stack: Stack, keys: KeyMaterial) -> dict[str, HostTree]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address, ip_network
 
 from model import Host, Stack
+from render import probes
 from render import tls as tls_policy
 from render.keys import KeyMaterial
 from render.mta_sts import policy
 from render.names import tls_cert_path, tls_key_path
 from render.postfix import tls_files
 from render.templates import render as render_template
-from render.tree import Check, FileSpec, HostTree
+from render.tree import Check, FileSpec, HostTree, Probe
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 STREAM_CONF = "/etc/nginx/streams-enabled/mail.conf"
@@ -136,4 +137,19 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
     # NGINX reads the policy file on every request: a new policy needs no reload.
     specs[MTA_STS_POLICY] = FileSpec(policy(stack))
     specs.update(tls_files(stack, keys, reload))
-    return HostTree(host=host.name, role="frontend", files=specs, checks=CHECKS, services=SERVICE)
+    return HostTree(
+        host=host.name, role="frontend", files=specs, checks=CHECKS, services=SERVICE, probes=host_probes(stack, host)
+    )
+
+
+def host_probes(stack: Stack, host: Host) -> tuple[Probe, ...]:
+    """Each stream port through to its backends (submission's and IMAPS' greetings; ManageSieve,
+    closed to the host's own address by its allow-list, accepts connections) and the webmail site
+    (the host is outside its allow-list too: the redirect, or any answer short of a 5xx)."""
+    address, ports, imap = str(host.ipv6), stack.ports, stack.service_name("imap")
+    return (
+        probes.banner(f"submission {ports.submission} greeting", address, ports.submission, "220 "),
+        probes.banner(f"imaps {ports.imaps} greeting", address, ports.imaps, "* OK", tls_name=imap),
+        probes.tcp(f"managesieve {ports.managesieve} accepts", address, ports.managesieve),
+        probes.http("webmail site", address, 443, "/", tls_name=stack.service_name("webmail"), status_below=500),
+    )

@@ -12,11 +12,11 @@ import hmac
 from pathlib import PurePosixPath
 
 from model import Host, Stack
-from render import dovecot, postfix, tls
+from render import dovecot, postfix, probes, tls
 from render.keys import KeyMaterial
 from render.names import tls_cert_path, tls_key_path
 from render.templates import render as render_template
-from render.tree import Check, FileSpec, HostTree
+from render.tree import Check, FileSpec, HostTree, Probe
 
 ROLE = "maildrop"
 DOVECOT_CONF = "/etc/dovecot/dovecot.conf"
@@ -244,4 +244,21 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
         checks=checks(sieve_paths),
         # Applied in name order: dovecot (creates vmail) before sieve (needs it).
         services={**SERVICES, "sieve": sieve_service(sieve_paths)},
+        probes=host_probes(stack, host),
+    )
+
+
+def host_probes(stack: Stack, host: Host) -> tuple[Probe, ...]:
+    """Mail in (a RCPT for a mailbox, then LHLO where Postfix's virtual_transport points) and mail
+    out to users (IMAPS and ManageSieve greetings, on the site-local address the frontends use).
+    The RCPT comes from localhost: only the smtp-in hosts and mynetworks may hand mail to a
+    maildrop, and the recipient check (virtual-maildrop) applies to every client."""
+    address, ports, helo = str(host.ipv6), stack.ports, stack.fqdn(host)
+    mailbox = f"{stack.mailbox_names[0]}@{stack.service_name(ROLE)}"
+    imap = stack.service_name("imap")
+    return (
+        probes.smtp(f"smtp {ports.smtp} RCPT TO {mailbox}", probes.LOCALHOST, ports.smtp, helo=helo, rcpt=(mailbox,)),
+        probes.lmtp("lmtp LHLO (virtual_transport)", "virtual_transport", helo),
+        probes.banner(f"imaps {ports.imaps} greeting", address, ports.imaps, "* OK", tls_name=imap),
+        probes.banner(f"managesieve {ports.managesieve} greeting", address, ports.managesieve, '"IMPLEMENTATION"'),
     )

@@ -9,8 +9,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from model import Stack
+from render import probes
 from render.templates import render
-from render.tree import Check, FileSpec
+from render.tree import Check, FileSpec, Probe
 
 LOCAL_D = "/etc/rspamd/local.d"
 SERVICE = {"rspamd": "systemctl reload rspamd"}
@@ -55,6 +56,15 @@ def local_d(
         controller = f"{LOCAL_D}/worker-controller.inc"
         files[controller] = replace(files[controller], mode=0o640, group="_rspamd")
     return files
+
+
+def host_probes(stack: Stack) -> tuple[Probe, ...]:
+    """rspamd's controller answers (its main process and workers run on the reloaded config), and
+    its proxy speaks milter where Postfix's smtpd_milters points."""
+    return (
+        probes.http("rspamd answers", "127.0.0.1", stack.ports.rspamd_controller, "/ping", body="pong"),
+        probes.milter("rspamd milter answers", probes.LOCALHOST, stack.ports.rspamd_milter),
+    )
 
 
 def _bracket(address: str) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from model import Host, Stack
 from model.stack import DEVNULL
-from render import postfix, rspamd, unbound
+from render import postfix, probes, rspamd, unbound
 from render.keys import KeyMaterial
 from render.maildrop import rspamd_controller_password
 from render.templates import render as template
-from render.tree import Check, FileSpec, HostTree
+from render.tree import Check, FileSpec, HostTree, Probe
 
 ROLE = "smtp_in"
 # What a /dev/null alias points at: virtual_alias_maps can only name addresses, so this one is
@@ -46,7 +46,25 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
         **rspamd_files(stack, host, keys),
         **unbound.files(),
     }
-    return HostTree(host=host.name, role=ROLE, files=files, checks=CHECKS, services=SERVICES)
+    return HostTree(
+        host=host.name, role=ROLE, files=files, checks=CHECKS, services=SERVICES, probes=host_probes(stack, host)
+    )
+
+
+def host_probes(stack: Stack, host: Host) -> tuple[Probe, ...]:
+    """The MX as the internet meets it, on the host's public address (not in mynetworks, so every
+    restriction applies): a RCPT for a served address accepted on 25 after STARTTLS, the TLS
+    greeting on 465; then the daemons on its path."""
+    address = str(host.public_ipv4 or host.public_ipv6 or host.ipv6)
+    name, helo, ports = stack.service_name("smtp-in"), stack.fqdn(host), stack.ports
+    rcpt = probes.served_address(stack)
+    return (
+        probes.smtp(f"smtp {ports.smtp} RCPT TO {rcpt}", address, ports.smtp, helo=helo, tls_name=name, rcpt=(rcpt,)),
+        probes.banner(f"smtps {ports.smtps} greeting", address, ports.smtps, "220 ", tls_name=name),
+        *rspamd.host_probes(stack),
+        probes.tcp("postsrsd answers", "127.0.0.1", ports.srs_forward),
+        unbound.probe(stack, host),
+    )
 
 
 def postfix_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, FileSpec]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from model import Host, Stack
-from render import postfix, rspamd, unbound
+from render import postfix, probes, rspamd, unbound
 from render.dovecot import USERS_FILE_GROUP, USERS_FILE_MODE, passwd_file
 from render.keys import KeyMaterial
 from render.templates import render as template
-from render.tree import Check, FileSpec, HostTree
+from render.tree import Check, FileSpec, HostTree, Probe
 
 ROLE = "smtp_out"
 SASL_USERS = "/etc/dovecot/sasl-users"
@@ -47,7 +47,28 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
         **rspamd.local_d(stack),
         **unbound.files(),
     }
-    return HostTree(host=host.name, role=ROLE, files=files, checks=CHECKS, services=SERVICES)
+    return HostTree(
+        host=host.name, role=ROLE, files=files, checks=CHECKS, services=SERVICES, probes=host_probes(stack, host)
+    )
+
+
+def host_probes(stack: Stack, host: Host) -> tuple[Probe, ...]:
+    """Submission as the frontends reach it (site-local address): the greeting, STARTTLS, AUTH
+    offered; then the milters and the resolver on its path."""
+    ports = stack.ports
+    return (
+        probes.smtp(
+            f"submission {ports.submission} STARTTLS",
+            str(host.ipv6),
+            ports.submission,
+            helo=stack.fqdn(host),
+            tls_name=stack.service_name("smtp-out"),
+            auth=True,
+        ),
+        probes.milter("opendkim answers", probes.LOCALHOST, ports.opendkim),
+        *rspamd.host_probes(stack),
+        unbound.probe(stack, host),
+    )
 
 
 def postfix_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, FileSpec]:

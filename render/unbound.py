@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from model import Host, Stack
+from render import probes
 from render.templates import render
-from render.tree import Check, FileSpec
+from render.tree import Check, FileSpec, Probe
 
 SERVICES = {
     "unbound": "systemctl reload unbound",
@@ -20,3 +22,9 @@ def files() -> dict[str, FileSpec]:
         "/etc/unbound/unbound.conf": FileSpec(render("shared", "/unbound/unbound.conf"), reload=("unbound",)),
         "/etc/resolv.conf": FileSpec(render("shared", "/unbound/resolv.conf"), reload=("postfix-chroot",)),
     }
+
+
+def probe(stack: Stack, host: Host) -> Probe:
+    """unbound answers a recursive query for the host's own name (the DNSBL and MX lookups of the
+    host's Postfix and rspamd go the same way)."""
+    return probes.dns("unbound answers", "127.0.0.1", stack.fqdn(host))

@@ -18,6 +18,7 @@ from model import load_stack_file  # noqa: E402
 from render import render_stack  # noqa: E402
 from render.throwaway import throwaway_keys  # noqa: E402
 from render.tree import HostTree  # noqa: E402
+from tests.vm_fixtures import operator_key, vm_guest, vm_guests, vm_image, vm_stack  # noqa: E402, F401
 
 PUSH_HOST = ROOT / "render" / "push_host.py"
 STACKS = ("prod", "lab")

@@ -14,6 +14,11 @@ from model import StackConfigError, stack_file_values
 from tests.pulumi_program import RecordingMocks, run_program
 
 LAB = stack_file_values("lab")
+ED25519_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF+FbJYXjXCo1PHtnFVl+shS2+KGY30MiJBkevza4hb8"
+RSA_KEY = (
+    "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC1h/npdFGX9PN9aZFT4yibq9IQiMLX3yzA3g/eKjr8kOmoqOOoLNDvR0C5xnNabbt/HOyt"
+    "v975yfaVVSAAjtPT9d5HlsP/V5KytWw6Bl8NQeiP5LJ8pLMVD5xSuFbQeJDfmYLVC3FoqARx/OjFReDA4fvQ9tK6KTF+szu8tp3UNw=="
+)
 
 
 def _set(path: str, value) -> Callable[[dict], None]:
@@ -167,6 +172,28 @@ CASES = [
     ),
     ("domain without postmaster", _set("domains[2].aliases.postmaster", DELETE), "domains[2].aliases"),
     ("nameserver not a dns name", _set("dns.nameservers", [{"name": "ns1 .example.com"}]), "dns.nameservers[0].name"),
+    # Hosts the program does not create name the SSH host key their push pins.
+    ("relay client host key not a key", _set("relay_clients[0].host_key", "hunter2"), "relay_clients[0].host_key"),
+    (
+        "relay client host key with a broken body",
+        _set("relay_clients[0].host_key", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIbroken"),
+        "relay_clients[0].host_key",
+    ),
+    ("relay client without a host key", _set("relay_clients[0].host_key", DELETE), "relay_clients[0].host_key"),
+    ("webmail without a host key", _set("webmail.host_key", DELETE), "webmail.host_key"),
+    (
+        "webmail host key is a private key",
+        _set("webmail.host_key", "-----BEGIN OPENSSH PRIVATE KEY-----"),
+        "webmail.host_key",
+    ),
+    ("webmail host key RSA (SHA-1 only in the provider)", _set("webmail.host_key", RSA_KEY), "webmail.host_key"),
+    ("bastion without a host key", _set("bastion", {"host": "bastion.example.com"}), "bastion.host_key"),
+    (
+        "bastion host key not a key",
+        _set("bastion", {"host": "192.0.2.1", "host_key": "ssh-ed25519"}),
+        "bastion.host_key",
+    ),
+    ("bastion host not an address or name", _set("bastion", {"host": "a b", "host_key": ED25519_KEY}), "bastion.host"),
 ]
 
 # Values that would otherwise reach a daemon's file as configuration of their own:
@@ -319,3 +346,22 @@ def test_the_cases_are_many_and_distinct():
     assert len(CASES) >= 30
     names = [c[0] for c in CASES + INJECTIONS]
     assert len(set(names)) == len(names)
+
+
+# A host key problem says what is wrong, not only where (an unknown key would name the same place).
+HOST_KEY_PROBLEMS = [
+    (_set("relay_clients[0].host_key", "hunter2"), "relay_clients[0].host_key: not an SSH public key"),
+    (_set("relay_clients[0].host_key", DELETE), "relay_clients[0].host_key: required: the host's SSH public host key"),
+    (_set("webmail.host_key", DELETE), "webmail.host_key: required: the host's SSH public host key"),
+    (_set("webmail.host_key", RSA_KEY), "webmail.host_key: an RSA host key"),
+    (_set("bastion", {"host": "bastion.example.com"}), "bastion.host_key: required: the host's SSH public host key"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "problem"), HOST_KEY_PROBLEMS, ids=[p[1] for p in HOST_KEY_PROBLEMS])
+def test_host_key_problems_say_what_is_wrong(mutate, problem):
+    values = copy.deepcopy(LAB)
+    mutate(values)
+    with pytest.raises(StackConfigError) as err:
+        run_program("lab", values)
+    assert f"mail-cluster:{problem}" in str(err.value), str(err.value)

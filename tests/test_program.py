@@ -15,7 +15,7 @@ import yaml
 from components.push import unpack
 from model import load_stack_file
 from render.push_host import __file__ as PUSH_HOST_PATH
-from render.tree import Check, FileSpec, HostTree
+from render.tree import Check, FileSpec, HostTree, Probe
 from tests.pulumi_program import CLOUD_INIT, COMMAND, DOMAIN, PROVIDER, VOLUME, run_program
 
 GIB = 1024**3
@@ -81,7 +81,9 @@ def test_each_vm_has_one_nic_on_its_sites_local_network(program):
         [nic] = run.mocks.named(DOMAIN, f"{host.name}-domain").inputs["networkInterfaces"]
         assert nic["bridge"] == site.bridge
         network = yaml.safe_load(run.mocks.named(CLOUD_INIT, f"{host.name}-cloudinit").inputs["networkConfig"])
-        [(_, ethernet)] = network["ethernets"].items()
+        # The one NIC; the loopback only carries public addresses (render/cloud_init.py).
+        assert set(network["ethernets"]) <= {"site-local", "lo"}
+        ethernet = network["ethernets"]["site-local"]
         assert ethernet["match"]["macaddress"] == nic["mac"]
         assert f"{host.ipv6}/{site.site_local.ipv6.prefixlen}" in ethernet["addresses"]
         assert f"{host.ipv4}/{site.site_local.ipv4.prefixlen}" in ethernet["addresses"]
@@ -166,6 +168,11 @@ def _tree(manifest: dict) -> HostTree:
         files={p: FileSpec(**spec) for p, spec in manifest["files"].items()},
         checks=tuple(Check(**c) for c in manifest["checks"]),
         services=manifest["services"],
+        probes=tuple(
+            Probe(p["name"], p["kind"], {k: v for k, v in p.items() if k not in ("name", "kind")})
+            for p in manifest["probes"]
+        ),
+        packages=tuple(manifest["packages"]),
     )
 
 

@@ -47,7 +47,7 @@ def test_first_push_installs_every_file_with_its_mode_and_reloads_every_service(
 
 def test_unchanged_push_changes_nothing_and_reloads_nothing(smtp_in, tmp_path):
     _push(smtp_in, tmp_path)
-    assert _push(smtp_in, tmp_path) == {"changed": [], "reload": []}
+    assert _push(smtp_in, tmp_path) == {"changed": [], "removed": [], "reload": [], "probes": []}
 
 
 def test_push_reloads_exactly_the_services_of_the_changed_files(stacks, keys, smtp_in, tmp_path):
@@ -70,7 +70,8 @@ def test_push_reloads_exactly_the_services_of_the_changed_files(stacks, keys, sm
         "smtpd_client_connection_count_limit = 4\n", "smtpd_client_connection_count_limit = 5\n"
     )
     tuned = with_content(changed, "/etc/postfix/main.cf", content)
-    assert _push(tuned, tmp_path) == {"changed": ["/etc/postfix/main.cf"], "reload": list(main_cf.reload)}
+    result = _push(tuned, tmp_path)
+    assert (result["changed"], result["reload"]) == (["/etc/postfix/main.cf"], list(main_cf.reload))
 
 
 def test_tree_that_fails_its_check_is_refused_and_old_files_stay_byte_for_byte(smtp_in, tmp_path):

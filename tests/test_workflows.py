@@ -1,18 +1,24 @@
 """The GitHub workflows: valid for GitHub, and they do what the README promises.
 
 Pull requests get a `pulumi preview` comment; main gets `pulumi up` of prod after the tests, never
-two at once, behind the `production` environment; secrets come only from `secrets.*`.
+two at once, behind the `production` environment; secrets come only from `secrets.*`. Pulumi runs
+where the sites are reachable (a self-hosted runner), with genisoimage for the cloud-init ISOs,
+and no job holds a production secret without an environment a maintainer approves.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from model import stack_file_values
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -20,6 +26,11 @@ WORKFLOW_FILES = sorted(WORKFLOWS.glob("*.yml"))
 PULUMI_ACTION = "pulumi/actions@v6"
 # Names of the secrets the workflows use; the README lists the same names.
 SECRETS = {"PULUMI_ACCESS_TOKEN", "MAIL_CLUSTER_SSH_KEY", "MAIL_CLUSTER_SSH_KNOWN_HOSTS", "GITHUB_TOKEN"}
+# Secrets that reach production (the hypervisors, the hosts, the stack's state and secrets).
+PRODUCTION_SECRETS = {"PULUMI_ACCESS_TOKEN", "MAIL_CLUSTER_SSH_KEY", "MAIL_CLUSTER_SSH_KNOWN_HOSTS"}
+# Environments whose protection rules (README) require a maintainer's approval.
+GATED_ENVIRONMENTS = {"preview", "production"}
+SITES_RUNNER = ["self-hosted", "mail-cluster-sites"]
 SECRET_LOOKING = re.compile(r"(TOKEN|KEY|PASSWORD|PASSPHRASE|SECRET)", re.IGNORECASE)
 
 
@@ -162,3 +173,79 @@ def test_secrets_come_only_from_the_secrets_context(path: Path):
     for name in used:
         assert name in header, f"{path.name}: secret {name} is not listed in the comment at the top"
     assert "PULUMI_CONFIG_PASSPHRASE" not in path.read_text().split("\nname:", 1)[1]
+
+
+def _pulumi_jobs() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{path.name}:{name}", job)
+        for path in WORKFLOW_FILES
+        for command in ("preview", "up")
+        for name, job in jobs_running(load(path.name), command).items()
+    ]
+
+
+def test_pulumi_runs_where_the_sites_are_reachable():
+    """Preview and up dial the hypervisors and the VMs' site-local addresses: a GitHub-hosted
+    runner has no route there (and no IPv6)."""
+    jobs = _pulumi_jobs()
+    assert len(jobs) >= 2
+    for name, job in jobs:
+        assert job["runs-on"] == SITES_RUNNER, name
+
+
+def test_pulumi_jobs_install_genisoimage_first():
+    """The libvirt provider builds each cloud-init ISO locally with mkisofs."""
+    for name, job in _pulumi_jobs():
+        runs = [s.get("run", "") for s in steps(job)]
+        install = next((i for i, r in enumerate(runs) if "genisoimage" in r and "apt-get install" in r), None)
+        assert install is not None, f"{name}: installs no genisoimage"
+        first_pulumi = min(steps(job).index(s) for c in ("preview", "up") for s in pulumi_steps(job, c))
+        assert install < first_pulumi, name
+        assert "mkisofs" in runs[install], name
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
+def test_every_job_holding_a_production_secret_waits_for_an_approved_environment(path: Path):
+    workflow = load(path.name)
+    for name, job in workflow["jobs"].items():
+        held = set(re.findall(r"secrets\.([A-Za-z_]+)", yaml.safe_dump(job))) & PRODUCTION_SECRETS
+        if held:
+            environment = job.get("environment")
+            environment = environment.get("name") if isinstance(environment, dict) else environment
+            assert environment in GATED_ENVIRONMENTS, f"{path.name}:{name} holds {sorted(held)} without a gate"
+        # A reusable workflow called with `secrets: inherit` would hand them all over.
+        assert job.get("secrets") != "inherit", f"{path.name}:{name}"
+
+
+def test_the_preview_never_runs_a_forks_code_with_secrets():
+    for name, job in jobs_running(load("preview.yml"), "preview").items():
+        assert job["if"] == "github.event.pull_request.head.repo.full_name == github.repository", name
+        assert job["environment"] == "preview", name
+
+
+def test_the_ssh_agent_is_stopped_on_the_long_lived_runner():
+    for name, job in _pulumi_jobs():
+        last = steps(job)[-1]
+        assert last.get("if") == "always()" and "ssh-agent -k" in last["run"], name
+
+
+def test_readme_sets_up_the_gates_the_workflows_rely_on():
+    readme = (ROOT / "README.md").read_text()
+    for environment in GATED_ENVIRONMENTS:
+        assert f"`{environment}`" in readme
+    assert "required reviewers" in readme and "mail-cluster-sites" in readme and "environment secrets" in readme
+
+
+def test_known_hosts_check_names_every_unpinned_hypervisor(tmp_path: Path):
+    """ssh-key-setup.sh refuses a known_hosts that misses a hypervisor, naming it, before Pulumi runs."""
+    check = [sys.executable, str(WORKFLOWS / "check_known_hosts.py"), "prod"]
+    hypervisors = [urlsplit(s["hypervisor"]).hostname for s in stack_file_values("prod")["sites"]]
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF+FbJYXjXCo1PHtnFVl+shS2+KGY30MiJBkevza4hb8"
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(f"{h} {key}\n" for h in hypervisors[1:]))
+    result = subprocess.run([*check, str(known)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"known_hosts has no key for {hypervisors[0]} (stack prod)"
+    known.write_text("".join(f"{h} {key}\n" for h in hypervisors))
+    assert subprocess.run([*check, str(known)], capture_output=True, text=True).returncode == 0
+    assert "check_known_hosts.py" in (WORKFLOWS / "ssh-key-setup.sh").read_text()
