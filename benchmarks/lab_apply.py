@@ -1,7 +1,7 @@
 """A one-alias change rehearsed with `lab apply`: how long the rollout takes, and the longest wait a
 steady sender sees meanwhile.
 
-    sudo MAIL_LAB_ID=x python3 benchmarks/lab_apply.py [--rounds 3] [--senders 16] [--pause 1.0] [--json]
+    MAIL_LAB_ID=x .venv/bin/python benchmarks/lab_apply.py [--rounds 3] [--senders 16] [--pause 1.0] [--json]
 
 Each round adds an alias to a copy of Pulumi.lab.yaml and applies it (the three smtp-in hosts, one
 at a time: check, install, postmap, probes), then applies the lab's own stack file again (the alias

@@ -1,7 +1,7 @@
 """IMAP failover time through the frontend: how long a client cannot log in when the primary
 maildrop goes away (target: < 2 s).
 
-    sudo MAIL_LAB_ID=x python3 benchmarks/lab_failover.py [--rounds 5] [--mode stop|silent|both]
+    MAIL_LAB_ID=x .venv/bin/python benchmarks/lab_failover.py [--rounds 5] [--mode stop|silent|both]
 
 Each round, a client logs in over IMAPS through the frontend (nginx0-chrma0) back to back, then
 the primary maildrop goes away:

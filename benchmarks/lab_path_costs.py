@@ -1,6 +1,6 @@
 """What each part of the inbound path costs, and the throughput ratio the lab reaches without it.
 
-    sudo MAIL_LAB_ID=x python3 benchmarks/lab_path_costs.py [--messages 500] [--clients 20] [--warmup 100]
+    MAIL_LAB_ID=x .venv/bin/python benchmarks/lab_path_costs.py [--messages 500] [--clients 20] [--warmup 100]
 
 lab_throughput.py's measure, run once per variant of the running lab. A variant is a change made
 to the running hosts and undone right after its run (the files are written back and the daemons

@@ -1,7 +1,7 @@
 """Replication lag between the maildrops: how long after a message lands on the primary it is on
 the peer (targets: p50 < 2 s, p99 < 5 s).
 
-    sudo MAIL_LAB_ID=x python3 benchmarks/lab_replication.py [--messages 200] [--interval 0.1]
+    MAIL_LAB_ID=x .venv/bin/python benchmarks/lab_replication.py [--messages 200] [--interval 0.1]
 
 Mail goes the real way in (internet MTAs -> MX -> smtp-in -> the primary maildrop, MX 10 ->
 LMTP), one message every --interval seconds spread over a few internet client addresses. Two

@@ -1,6 +1,6 @@
 """Figures for the lab: cold start by phase, slowest daemons, CPU, memory, mail latency, teardown.
 
-    sudo python3 benchmarks/lab_startup.py [--only HOST,...] [--keep]
+    MAIL_LAB_ID=x .venv/bin/python benchmarks/lab_startup.py [--only HOST,...] [--keep]
 
 Starts from nothing (takes down a running lab first), brings the lab up, sends one mail each way
 (internet -> smtp-in -> maildrop -> IMAPS through the frontend; submission through the frontend ->
@@ -111,7 +111,7 @@ def outbound(status: dict) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated hosts (python3 -m lab up --only)")
+    parser.add_argument("--only", help="comma-separated hosts (.venv/bin/python -m lab up --only)")
     parser.add_argument("--keep", action="store_true", help="leave the lab up")
     args = parser.parse_args()
     cluster.down(progress=lambda _: None)

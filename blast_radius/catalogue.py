@@ -94,9 +94,8 @@ def host_removed(values: Values, _: Secrets) -> None:
 
 
 def domain_added(values: Values, _: Secrets) -> None:
-    values["domains"].append(
-        {"name": "ipng.li", "dkim": [{"selector": "ipng-li"}], "aliases": {"pim": ["pim"], "postmaster": ["pim"]}}
-    )
+    aliases = {"pim": ["pim"], "postmaster": ["pim"]}
+    values["domains"].append({"name": "ipng.li", "dkim": [{"selector": "ipng-li"}], "aliases": aliases})
 
 
 def alias_added(values: Values, _: Secrets) -> None:

@@ -1,10 +1,10 @@
 """The lab: the whole stack on one Linux machine, in network namespaces, running the real Debian
 daemons on the files `render` produces.
 
-    python3 -m lab up          render the lab stack, build the network, start every daemon, wait until ready
-    python3 -m lab status      where each service listens, the test accounts (--json for tests)
-    python3 -m lab down        stop every process, remove every namespace, mount and file
-    python3 -m lab apply       push what an edit of the stack file changed, host by host, with probes
+    .venv/bin/python -m lab up          render the lab stack, build the network, start every daemon, wait until ready
+    .venv/bin/python -m lab status      where each service listens, the test accounts (--json for tests)
+    .venv/bin/python -m lab down        stop every process, remove every namespace, mount and file
+    .venv/bin/python -m lab apply       push what an edit of the stack file changed, host by host, with probes
 
 Modules: network (namespaces, veths, addresses, routes), internet (the clients, the remote MTA,
 the lab's DNS server's addresses), dns_server (nsd serving the emitted zones), host_root (each

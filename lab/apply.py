@@ -113,7 +113,7 @@ def apply(
     outcome in push order. `transform` (tests): a change to the rendered trees no stack edit makes."""
     record = state.load()
     if not record or record.get("phase") != "up":
-        raise ApplyRefused("the lab is not up (python3 -m lab up)")
+        raise ApplyRefused("the lab is not up (.venv/bin/python -m lab up)")
     stack = stack_from_file(stack_file) if stack_file else load_stack_file(record["stack"])
     _same_network(stack, record)
     trees = _render(stack)

@@ -40,6 +40,7 @@ from lab import (
 )
 from lab.host_root import HostRoot
 from lab.netns import nsenter, pids_in
+from lab.progress import Heartbeat
 from model import Stack, load_stack_file
 from render import render_host, render_stack
 from render.cloud_init import PACKAGES
@@ -51,6 +52,11 @@ PUSH_HOST = Path(__file__).resolve().parent.parent / "render" / "push_host.py"
 HOST_PUSH_SCRIPT = "/var/lib/mail-push/push_host.py"
 DNS_DIR = STATE_DIR / "dns"
 Progress = Callable[[str], None]
+
+
+def say(text: str) -> None:
+    """print, at once even when stdout is a pipe (`lab up | tee`)."""
+    print(text, flush=True)
 
 
 @dataclass
@@ -261,9 +267,10 @@ class _SharedHyperscan:
         if self.compiler is None:
             self.started.set()
 
-    def start_compile(self, stack: Stack, host: LabHost) -> None:
+    def start_compile(self, stack: Stack, host: LabHost, beat: Heartbeat) -> None:
         def run() -> None:
             started = time.monotonic()
+            beat.doing("hyperscan", f"rspamd compiling its hyperscan cache once for all on {host.name}")
             try:
                 daemons.prepare(host.root, daemons.DAEMONS["rspamd"])
                 ready = daemons.readiness(stack, host.role, "rspamd")
@@ -274,6 +281,7 @@ class _SharedHyperscan:
                 )
             finally:
                 self.seconds = round(time.monotonic() - started, 2)
+                beat.doing("hyperscan", None)
                 self.done.set()
 
         threading.Thread(target=run, name="hyperscan-compile", daemon=True).start()
@@ -307,22 +315,25 @@ def _bring_up_host(
     host: LabHost,
     entry: dict,
     cache: _SharedHyperscan,
-    progress: Progress,
+    beat: Heartbeat,
     timeout: float,
 ) -> list:
     """Install the host's trees, then start its daemons (not waiting for them); rspamd last, once
     the shared hyperscan cache is there."""
+    beat.doing(host.name, "waiting for the first rspamd host's install")
     cache.wait_started(host)
     started = time.monotonic()
     try:
+        beat.doing(host.name, "installing its tree (push_host.py: checks, files, postmaps)")
         host_root.write(host.root, provisioning(host, keys))
         if host.tree is None:
+            beat.doing(host.name, None)
             return []
         push(host, host.tree)
         # What `lab apply` compares a new render with (lab.apply): only changed hosts are pushed.
         entry["digest"] = host.tree.digest()
         if host.name == cache.compiler:
-            cache.start_compile(stack, host)
+            cache.start_compile(stack, host, beat)
     except BaseException:
         if host.name == cache.compiler:
             cache.release()
@@ -332,21 +343,29 @@ def _bring_up_host(
     running = []
     for name in [n for n in names if n != "rspamd"] + [n for n in names if n == "rspamd"]:
         if name == "rspamd":
+            beat.doing(host.name, "waiting for the hyperscan cache to start rspamd")
             cache.before_rspamd(host, timeout)
+        beat.doing(host.name, f"starting {name}")
         pid = daemons.start(host.root, daemons.DAEMONS[name])
         entry["daemons"].append({"name": name, "pid": pid})
         running.append(daemons.Running(host.name, name, pid, host.netns, daemons.readiness(stack, host.role, name)))
     if host.role == "webmail":
-        entry["daemons"] += _start_webmail(stack, keys, host, progress)
+        entry["daemons"] += _start_webmail(stack, keys, host, beat.say)
+    beat.doing(host.name, None)
     entry["start_seconds"] = round(time.monotonic() - started - entry["install_seconds"], 2)
     return running
 
 
-def up(
-    stack_name: str = "lab", only: list[str] | None = None, progress: Progress = print, timeout: float = 180
-) -> dict:
+def up(stack_name: str = "lab", only: list[str] | None = None, progress: Progress = say, timeout: float = 180) -> dict:
     """Bring the lab up (a no-op when it already runs); returns status(). `only`: render and run
-    just these hosts (the network, the DNS and the remote MTA are always whole)."""
+    just these hosts (the network, the DNS and the remote MTA are always whole). Says what it does
+    at least every few seconds (lab.progress)."""
+    with Heartbeat(progress) as beat:
+        return _up(stack_name, only, beat, timeout)
+
+
+def _up(stack_name: str, only: list[str] | None, beat: Heartbeat, timeout: float) -> dict:
+    progress = beat.say
     current = state.load()
     if current and current.get("phase") == "up" and healthy(current):
         progress("the lab is already up")
@@ -388,7 +407,7 @@ def up(
     cache = _SharedHyperscan(stack, hosts)
     try:
         pairs = list(zip(hosts, record["hosts"], strict=True))
-        per_host = _parallel(lambda p: _bring_up_host(stack, keys, *p, cache, progress, timeout), pairs)
+        per_host = _parallel(lambda p: _bring_up_host(stack, keys, *p, cache, beat, timeout), pairs)
         running = [r for rs in per_host for r in rs]
     finally:
         state.save(record)
@@ -397,11 +416,21 @@ def up(
         how = "compiled" if cache.compiled else "NOT compiled (each rspamd compiles its own)"
         progress(f"rspamd: hyperscan cache {how} once on {cache.compiler} ({cache.seconds}s), shared")
         record["hyperscan_seconds"] = cache.seconds
+    beat.doing("dns", "waiting for nsd to answer")
     _wait_dns(stack, dns)
+    beat.doing("dns", None)
     progress(f"dns: nsd on {', '.join(internet.DNS_SERVER)} ({lap('dns')}s)")
-    ready = daemons.wait_ready(running, timeout)
+
+    def listening(pending: list[daemons.Running]) -> None:
+        for host in {r.host for r in running}:
+            waiting = [r.daemon for r in pending if r.host == host]
+            beat.doing(host, f"waiting for {' '.join(waiting)} to listen" if waiting else None)
+
+    ready = daemons.wait_ready(running, timeout, listening)
     roots = {h.name: h.root for h in hosts}
+    beat.doing("post-start", "running the units' ExecStartPost (the maildrops' sync with their peer)")
     _parallel(lambda r: daemons.post_start(roots[r.host], daemons.DAEMONS[r.daemon]), running)
+    beat.doing("post-start", None)
     cache.tidy(hosts)
     record["ready_seconds"] = {f"{host}/{name}": round(t + timings["started"], 2) for (host, name), t in ready.items()}
     lap("up")
@@ -451,7 +480,7 @@ def _kill(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def down(progress: Progress = print, grace: float = 10) -> None:
+def down(progress: Progress = say, grace: float = 10) -> None:
     record = state.load() or {}
     netns_names = sorted(set(record.get("netns", [])) | set(network.existing()))
     mount_ns = sorted(host_root.NS_DIR.glob("*.mnt")) if host_root.NS_DIR.is_dir() else []
@@ -536,7 +565,16 @@ def status() -> dict:
                 for h in stack.hosts.smtp_in
                 for a in h.public_addresses
             ],
+            # smtp-in's submissions port for inbound mail (TLS from the first byte), beside 25.
+            "smtps": [
+                {"host": a, "port": p.smtps, "name": stack.service_name("smtp-in")}
+                for h in stack.hosts.smtp_in
+                for a in h.public_addresses
+            ],
             "webmail": {"host": entry, "port": 443, "name": stack.service_name("webmail")},
+            # Port 80 only redirects to the webmail's 443; each mail domain's MTA-STS policy is on 443 too.
+            "webmail_http": {"host": entry, "port": 80, "name": stack.service_name("webmail"), "tls": False},
+            "mta_sts": {"host": entry, "port": 443, "name": f"mta-sts.{stack.domains[0].name}"},
             "dns": {"host": internet.DNS_SERVER[0], "port": 53},
             "remote_mta": {"host": internet.REMOTE_MTA[0], "port": p.smtp, "domain": internet.REMOTE_DOMAIN},
         },

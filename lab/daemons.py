@@ -27,6 +27,7 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -332,9 +333,12 @@ def post_start(root: HostRoot, daemon: Daemon) -> None:
             raise RuntimeError(f"{root.name}: {daemon.name} ExecStartPost {argv} failed: {result.stderr.strip()}")
 
 
-def wait_ready(running: list[Running], timeout: float) -> dict[tuple[str, str], float]:
+def wait_ready(
+    running: list[Running], timeout: float, pending_now: Callable[[list[Running]], None] | None = None
+) -> dict[tuple[str, str], float]:
     """Until every daemon listens where it should; returns (host, daemon) -> seconds it took.
-    Raises naming the daemons that exited or are not ready in time."""
+    Raises naming the daemons that exited or are not ready in time. pending_now: told, each round,
+    which are not ready yet (lab up's progress)."""
     started = time.monotonic()
     deadline = started + timeout
     pending = list(running)
@@ -350,6 +354,8 @@ def wait_ready(running: list[Running], timeout: float) -> dict[tuple[str, str], 
             else:
                 ready[(r.host, r.daemon)] = time.monotonic() - started
         pending = still
+        if pending_now is not None:
+            pending_now(pending)
         if pending and time.monotonic() > deadline:
             detail = "; ".join(f"{r.host}/{r.daemon}: {', '.join(missing(r.netns, r.pid, r.ready))}" for r in pending)
             raise TimeoutError(f"not ready after {timeout:.0f}s: {detail}")

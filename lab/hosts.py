@@ -1,8 +1,8 @@
 """One host of the running lab down and up again: what an operator does to try a failover, and
 what the failover tests and benchmarks do.
 
-    python3 -m lab stop maildrop0-chbtl0     # every daemon of that host, as its units stop them
-    python3 -m lab start maildrop0-chbtl0    # started again, ready, their new pids in the state
+    .venv/bin/python -m lab stop maildrop0-chbtl0     # every daemon of that host, as its units stop them
+    .venv/bin/python -m lab start maildrop0-chbtl0    # started again, ready, their new pids in the state
 
 lab.daemons starts and stops one daemon, lab.cluster the whole lab; this module keeps the lab's
 state file true in between, so that `lab status` (and the tests' `lab` fixture) see the lab whole
@@ -28,7 +28,7 @@ class UnknownHost(LookupError):
 def _host_entry(record: dict | None, host: str) -> dict:
     entry = next((h for h in (record or {"hosts": []})["hosts"] if h["name"] == host), None)
     if entry is None:
-        raise UnknownHost(f"no host {host!r} in a running lab (python3 -m lab status)")
+        raise UnknownHost(f"no host {host!r} in a running lab (.venv/bin/python -m lab status)")
     return entry
 
 

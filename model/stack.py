@@ -7,8 +7,9 @@ objects. Shape checks live on the fields; rules that span objects live in `model
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -42,6 +43,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 # What `doveadm pw` writes; Dovecot and the bcrypt check both read these schemes.
 PASSWORD_SCHEMES = ("{BLF-CRYPT}", "{SHA512-CRYPT}", "{SHA256-CRYPT}", "{ARGON2ID}", "{CRYPT}")
 DEVNULL = "/dev/null"
+T = TypeVar("T")
 # Debian's cloud image builds are named by date and build number: 20261110-2350.
 DATED_IMAGE = re.compile(r"-(\d{8}-\d+)\.qcow2$")
 
@@ -386,3 +388,19 @@ class Stack(Strict):
     @property
     def mailbox_names(self) -> list[str]:
         return [m.name for m in self.mailboxes]
+
+    def is_mailbox(self, name: str) -> bool:
+        """Whether `name` is a mailbox: the render asks it for every alias target (60,000 times for
+        a hosting provider's stack), so the names are gathered once, not once per question."""
+        return name in self._derived("mailbox_names", self.mailboxes, lambda: frozenset(self.mailbox_names))
+
+    def _derived(self, fact: str, source: object, compute: Callable[[], T]) -> T:
+        """A fact derived from one of the stack's lists, worked out once per list object. Kept in the
+        instance dict beside the fields, as functools.cached_property keeps its values (pydantic leaves
+        them out of ==, hash, repr and dumps), with the list it came from, so that a
+        model_copy(update=...) that replaces the list works the fact out again instead of reusing it."""
+        key = f"_derived_{fact}"
+        hit = self.__dict__.get(key)
+        if hit is None or hit[0] is not source:
+            hit = self.__dict__[key] = (source, compute())
+        return hit[1]

@@ -1,5 +1,7 @@
 """python -m render STACK OUTDIR: write what would be pushed, per host, plus the zone files.
 
+STACK is a stack name (Pulumi.<stack>.yaml here) or the path of a stack file elsewhere.
+
     OUTDIR/hosts/<host>/<path on the host>   every file, as the host gets it
     OUTDIR/hosts/<host>.json                 its checks, reloads, modes and owners
     OUTDIR/dns/<zone>.zone                   BIND zone text
@@ -37,7 +39,7 @@ def write_tree(tree: HostTree, outdir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m render", description=__doc__.splitlines()[0])
-    parser.add_argument("stack", help="stack name: reads Pulumi.<stack>.yaml")
+    parser.add_argument("stack", help="stack name (reads Pulumi.<stack>.yaml) or a stack file's path")
     parser.add_argument("outdir", type=Path)
     args = parser.parse_args(argv)
     try:

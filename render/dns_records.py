@@ -104,7 +104,10 @@ def dkim_public_from_private(pem: str) -> str:
 
 
 def dkim_public_keys(keys: KeyMaterial) -> dict[tuple[str, str], str]:
-    return {pair: dkim_public_from_private(pem) for pair, pem in keys.dkim_keys.items()}
+    # Each distinct key once: loading a private key checks it (about 0.1 s for RSA 2048), and
+    # throwaway material reuses its keys across a large stack's domains (render.throwaway).
+    public = {pem: dkim_public_from_private(pem) for pem in set(keys.dkim_keys.values())}
+    return {pair: public[pem] for pair, pem in keys.dkim_keys.items()}
 
 
 def dmarc(stack: Stack) -> str:

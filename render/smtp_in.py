@@ -99,7 +99,7 @@ def alias_target(stack: Stack, target: str) -> str:
     """A mailbox name goes to the maildrops, /dev/null to the discard address, an address stays."""
     if target == DEVNULL:
         return DISCARD_ADDRESS
-    if target in stack.mailbox_names:
+    if stack.is_mailbox(target):
         return f"{target}@{stack.service_name('maildrop')}"
     return target
 
