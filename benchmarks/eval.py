@@ -234,7 +234,9 @@ def hundredfold(values: dict) -> dict:
         aliases = {}
         for k in range(ALIASES_PER_DOMAIN):
             n = d * ALIASES_PER_DOMAIN + k
-            aliases[f"alias{k}"] = [names[n % len(names)], *([f"owner{d}@example.net"] if k % 10 == 0 else [])]
+            # The first is postmaster, which every domain must have (RFC 5321, model.rules).
+            local = "postmaster" if k == 0 else f"alias{k}"
+            aliases[local] = [names[n % len(names)], *([f"owner{d}@example.net"] if k % 10 == 0 else [])]
         values["domains"].append({"name": f"customer{d}.example", "dkim": [{"selector": "mail"}], "aliases": aliases})
     return values
 

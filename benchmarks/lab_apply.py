@@ -3,7 +3,7 @@ steady sender sees meanwhile.
 
     MAIL_LAB_ID=x .venv/bin/python benchmarks/lab_apply.py [--rounds 3] [--senders 16] [--pause 1.0] [--json]
 
-Each round adds an alias to a copy of Pulumi.lab.yaml and applies it (the three smtp-in hosts, one
+Each round adds an alias forwarding elsewhere to a copy of Pulumi.lab.yaml and applies it (the three smtp-in hosts, one
 at a time: check, install, postmap, probes), then applies the lab's own stack file again (the alias
 removed: the same rollout). Meanwhile internet MTAs (lab.traffic.SteadySender, one client address
 each) keep mailing alice, each message from its own sender; a message's wait is the time from its
@@ -35,7 +35,9 @@ PRIMARY = "maildrop0-chbtl0"
 
 def edited_stack(directory: Path, alias: str) -> Path:
     document = yaml.safe_load((ROOT / "Pulumi.lab.yaml").read_text())
-    document["config"]["mail-cluster:domains"][0]["aliases"][alias] = ["bob"]
+    # A forward elsewhere: the three smtp-in hosts alone (an alias to a mailbox also changes
+    # smtp-out's sender-logins, who may send as it).
+    document["config"]["mail-cluster:domains"][0]["aliases"][alias] = [f"{alias}@remote.test"]
     path = directory / "Pulumi.lab.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path

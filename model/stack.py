@@ -18,12 +18,12 @@ from model.host_key import HostKey
 # Free text is typed by what it is (model.values): host and site names are DNS labels.
 from model.values import (
     HASH_TEXT,
-    LABEL,
     Address,
     BridgeName,
     CountryCode,
     DnsblReply,
     DnsName,
+    HostName,
     HttpsUrl,
     HypervisorUri,
     ImageLocation,
@@ -36,6 +36,7 @@ from model.values import (
     IPv6Net,
     Label,
     SshPublicKey,
+    UnixUser,
 )
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -203,8 +204,8 @@ class Bastion(Strict):
     """A jump host every push goes through (pulumi-command's `proxy`), with its own pinned key."""
 
     # An address or a DNS name, as the operator's ssh would dial it.
-    host: IPAddr | Annotated[str, StringConstraints(pattern=rf"^(?:{LABEL}\.)*{LABEL}$")]
-    user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "root"
+    host: IPAddr | HostName
+    user: UnixUser = "root"
     port: Port = 22
     host_key: HostKey
 

@@ -107,6 +107,11 @@ ImageLocation = Annotated[
         "an https URL or absolute path of a .qcow2 image",
     ),
 ]
+# What ssh dials: a host name (one or more labels) when it is not an address.
+HostName = Annotated[
+    Text, _checked(lambda v: len(v) <= 253 and bool(re.fullmatch(rf"(?:{LABEL}\.)*{LABEL}", v)), "a host name")
+]
+UnixUser = Annotated[Text, _checked(lambda v: bool(re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", v)), "a unix user name")]
 CountryCode = Annotated[Text, _checked(lambda v: bool(re.fullmatch(r"[A-Z]{2}", v)), "a two-letter country code (CH)")]
 HypervisorUri = Annotated[
     Text,

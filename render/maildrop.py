@@ -136,7 +136,7 @@ def dovecot_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, File
         tls_key_file=tls_key_path(stack),
         tls_min_protocol=tls.MIN_PROTOCOL,
         tls_ciphers=tls.CIPHERS,
-        haproxy_trusted_networks=[a for h in stack.hosts.frontend for a in h.site_local_addresses],
+        haproxy_trusted_networks=haproxy_trusted_networks(stack),
         imaps_port=stack.ports.imaps,
         managesieve_port=stack.ports.managesieve,
         doveadm_port=stack.ports.doveadm,
@@ -249,17 +249,31 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
     )
 
 
+def haproxy_trusted_networks(stack: Stack) -> list[str]:
+    """Who may open an IMAPS or ManageSieve connection with a PROXY header naming the client: the
+    frontends, and the host itself, whose push probes its own listeners after a reload (a local
+    process could name any client anyway)."""
+    return [a for h in stack.hosts.frontend for a in h.site_local_addresses] + ["127.0.0.1", "::1"]
+
+
 def host_probes(stack: Stack, host: Host) -> tuple[Probe, ...]:
     """Mail in (a RCPT for a mailbox, then LHLO where Postfix's virtual_transport points) and mail
-    out to users (IMAPS and ManageSieve greetings, on the site-local address the frontends use).
-    The RCPT comes from localhost: only the smtp-in hosts and mynetworks may hand mail to a
-    maildrop, and the recipient check (virtual-maildrop) applies to every client."""
-    address, ports, helo = str(host.ipv6), stack.ports, stack.fqdn(host)
+    out to users (IMAPS and ManageSieve greetings, each opened by a PROXY header as the frontends
+    open them). All from localhost: only the smtp-in hosts and mynetworks may hand mail to a
+    maildrop (the recipient check, virtual-maildrop, applies to every client), and only the
+    frontends and the host itself may send a PROXY header."""
+    local, ports, helo = probes.LOCALHOST, stack.ports, stack.fqdn(host)
     mailbox = f"{stack.mailbox_names[0]}@{stack.service_name(ROLE)}"
     imap = stack.service_name("imap")
     return (
-        probes.smtp(f"smtp {ports.smtp} RCPT TO {mailbox}", probes.LOCALHOST, ports.smtp, helo=helo, rcpt=(mailbox,)),
+        probes.smtp(f"smtp {ports.smtp} RCPT TO {mailbox}", local, ports.smtp, helo=helo, rcpt=(mailbox,)),
         probes.lmtp("lmtp LHLO (virtual_transport)", "virtual_transport", helo),
-        probes.banner(f"imaps {ports.imaps} greeting", address, ports.imaps, "* OK", tls_name=imap),
-        probes.banner(f"managesieve {ports.managesieve} greeting", address, ports.managesieve, '"IMPLEMENTATION"'),
+        probes.banner(f"imaps {ports.imaps} greeting", local, ports.imaps, "* OK", tls_name=imap, proxy_protocol=True),
+        probes.banner(
+            f"managesieve {ports.managesieve} greeting",
+            local,
+            ports.managesieve,
+            '"IMPLEMENTATION"',
+            proxy_protocol=True,
+        ),
     )

@@ -24,17 +24,26 @@ def smtp(
     tls_name: str | None = None,
     auth: bool = False,
     rcpt: tuple[str, ...] = (),
+    proxy_protocol: bool = False,
 ) -> Probe:
     """EHLO, STARTTLS when tls_name (certificate checked against it), AUTH offered when auth,
-    MAIL FROM:<> and RCPT TO each of rcpt accepted; then RSET and QUIT: nothing is sent."""
+    MAIL FROM:<> and RCPT TO each of rcpt accepted; then RSET and QUIT: nothing is sent.
+    proxy_protocol: the listener takes its clients from the frontends, each connection opened by a
+    PROXY header; the probe sends one naming itself."""
     args = {"address": address, "port": port, "helo": helo, "auth": auth, "rcpt": rcpt, "mail_from": ""}
-    return Probe(name, "smtp", args | ({"tls_name": tls_name} if tls_name else {}))
+    return Probe(name, "smtp", args | _optional(tls_name=tls_name, proxy_protocol=proxy_protocol))
 
 
-def banner(name: str, address: str, port: int, expect: str, tls_name: str | None = None) -> Probe:
+def banner(
+    name: str, address: str, port: int, expect: str, tls_name: str | None = None, proxy_protocol: bool = False
+) -> Probe:
     """The first line the server sends (after a TLS handshake with tls_name) starts with expect."""
     args = {"address": address, "port": port, "expect": expect}
-    return Probe(name, "banner", args | ({"tls_name": tls_name} if tls_name else {}))
+    return Probe(name, "banner", args | _optional(tls_name=tls_name, proxy_protocol=proxy_protocol))
+
+
+def _optional(**args) -> dict:
+    return {k: v for k, v in args.items() if v}
 
 
 def tcp(name: str, address: str, port: int) -> Probe:

@@ -347,8 +347,37 @@ def _tls(sock: socket.socket, name: str) -> ssl.SSLSocket:
     return ssl.create_default_context().wrap_socket(sock, server_hostname=name)
 
 
-def _first_line(probe: dict, timeout: float) -> str:
+def _proxy_header(sock: socket.socket) -> bytes:
+    """A PROXY protocol v1 header naming this connection's own ends, for a listener that takes
+    its clients from the frontends (NGINX's proxy_protocol) and wants one before anything else."""
+    family = "TCP6" if sock.family == socket.AF_INET6 else "TCP4"
+    source, destination = sock.getsockname(), sock.getpeername()
+    return f"PROXY {family} {source[0]} {destination[0]} {source[1]} {destination[1]}\r\n".encode()
+
+
+def _connect(probe: dict, timeout: float) -> socket.socket:
     sock = socket.create_connection((probe["address"], probe["port"]), timeout=timeout)
+    if probe.get("proxy_protocol"):
+        sock.sendall(_proxy_header(sock))
+    return sock
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib's client, opening with a PROXY header when the probe says the listener wants one."""
+
+    def __init__(self, probe: dict, timeout: float):
+        self._proxy_protocol = probe.get("proxy_protocol", False)
+        super().__init__(probe["address"], probe["port"], local_hostname=probe["helo"], timeout=timeout)
+
+    def _get_socket(self, host, port, timeout):
+        sock = super()._get_socket(host, port, timeout)
+        if self._proxy_protocol:
+            sock.sendall(_proxy_header(sock))
+        return sock
+
+
+def _first_line(probe: dict, timeout: float) -> str:
+    sock = _connect(probe, timeout)
     with sock:
         conn = _tls(sock, probe["tls_name"]) if probe.get("tls_name") else sock
         with conn:
@@ -377,7 +406,7 @@ def probe_tcp(probe: dict, timeout: float) -> str:
 def probe_smtp(probe: dict, timeout: float) -> str:
     """EHLO; STARTTLS (certificate checked against tls_name) and EHLO again; AUTH offered when
     asked; MAIL FROM and RCPT TO each `rcpt` when given, then RSET: nothing is sent."""
-    with smtplib.SMTP(probe["address"], probe["port"], local_hostname=probe["helo"], timeout=timeout) as client:
+    with _SMTP(probe, timeout) as client:
         client.ehlo()
         if probe.get("tls_name"):
             client._host = probe["tls_name"]  # the name starttls() checks the certificate against

@@ -53,8 +53,8 @@ def render(stack: Stack, host: Host, keys: KeyMaterial) -> HostTree:
 
 
 def host_probes(stack: Stack, host: Host) -> tuple[Probe, ...]:
-    """Submission as the frontends reach it (site-local address): the greeting, STARTTLS, AUTH
-    offered; then the milters and the resolver on its path."""
+    """Submission as the frontends reach it (site-local address, a PROXY header first): the
+    greeting, STARTTLS, AUTH offered; then the milters and the resolver on its path."""
     ports = stack.ports
     return (
         probes.smtp(
@@ -64,6 +64,7 @@ def host_probes(stack: Stack, host: Host) -> tuple[Probe, ...]:
             helo=stack.fqdn(host),
             tls_name=stack.service_name("smtp-out"),
             auth=True,
+            proxy_protocol=True,
         ),
         probes.milter("opendkim answers", probes.LOCALHOST, ports.opendkim),
         *rspamd.host_probes(stack),

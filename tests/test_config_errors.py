@@ -312,6 +312,12 @@ INJECTIONS = [
         "sites[0].resolvers[0]",
         "not an IP address",
     ),
+    (
+        "bastion user carrying a command",
+        _set("bastion", {"host": "192.0.2.1", "user": "root;id", "host_key": ED25519_KEY}),
+        "bastion.user",
+        "a unix user name",
+    ),
     ("relay group as a number", _set("relay_clients[0].group", 7), "relay_clients[0].group", "valid string"),
 ]
 

@@ -42,7 +42,11 @@ def grown_values() -> dict:
             {
                 "name": f"customer{d}.example",
                 "dkim": [{"selector": "mail"}],
-                "aliases": {f"alias{k}": [names[(d * ALIASES + k) % MAILBOXES]] for k in range(ALIASES)},
+                # postmaster first: every domain must have one (RFC 5321, model.rules).
+                "aliases": {
+                    ("postmaster" if k == 0 else f"alias{k}"): [names[(d * ALIASES + k) % MAILBOXES]]
+                    for k in range(ALIASES)
+                },
             }
             for d in range(DOMAINS)
         ),
