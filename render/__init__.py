@@ -17,19 +17,13 @@ from render.tree import Check, FileSpec, HostTree
 
 # role -> module under render/ with render(stack, host, keys) -> HostTree
 ROLES = ("smtp_out", "smtp_in", "maildrop", "frontend")
-# cloud-init puts the operator's key there once, at a VM's first boot; the push keeps it current, so
-# a new `ssh_public_key` reaches running VMs too (the hosts we do not build are their owners' own).
-ROOT_AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 
 
 def render_host(stack: Stack, role: str, host, keys: KeyMaterial) -> HostTree:
     tree = importlib.import_module(f"render.{role}").render(stack, host, keys)
     if role in cloud_init.PACKAGES:
         # The push installs what cloud-init should have (a VM built before a package joined the list).
-        keys_file = FileSpec(f"{stack.ssh_public_key}\n", mode=0o600)
-        tree = dataclasses.replace(
-            tree, packages=tuple(cloud_init.packages(role)), files={**tree.files, ROOT_AUTHORIZED_KEYS: keys_file}
-        )
+        tree = dataclasses.replace(tree, packages=tuple(cloud_init.packages(role)))
     return tree
 
 

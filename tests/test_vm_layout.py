@@ -284,18 +284,3 @@ def test_a_disk_left_in_its_old_pool_is_resized_there():
     run = run_program("prod", values | {"sites": sites}, mocks=StatePoolMocks())
     env = run.mocks.named(LOCAL_COMMAND, "maildrop0-chbtl0-mail-size").inputs["environment"]
     assert env["POOL"] == "default"
-
-
-def test_every_vm_push_keeps_roots_key_current_and_no_other_host_gets_one(trees, stacks):
-    # The seed is read once per instance: a rotated `ssh_public_key` reaches running VMs this way.
-    from render import ROOT_AUTHORIZED_KEYS
-
-    for name, stack_trees in trees.items():
-        stack = stacks[name]
-        vms = {h.name for _, h in stack.vm_hosts}
-        for host, tree in stack_trees.items():
-            if host in vms:
-                spec = tree.files[ROOT_AUTHORIZED_KEYS]
-                assert spec.content == f"{stack.ssh_public_key}\n" and spec.mode == 0o600
-            else:
-                assert ROOT_AUTHORIZED_KEYS not in tree.files
