@@ -193,29 +193,21 @@ class DebianVm(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=domain_ignores)),
         )
         # Sizes grow in place, online (virsh blockresize); a smaller size is refused by name.
+        disk_sizes = [("root", self.root, shape.disk_gib, "disk_gib")]
+        if self.mail is not None:
+            disk_sizes.append(("mail", self.mail, shape.mail_gib, "mail_gib"))
         self.resizes = [
             VolumeSize(
-                f"{host.name}-root-size",
+                f"{host.name}-{disk}-size",
                 site=site,
-                volume=self.root,
+                volume=volume,
                 domain=host.name,
-                gib=shape.disk_gib,
-                key=f"vm_overrides.{host.name}.disk_gib",
+                gib=gib,
+                key=f"vm_overrides.{host.name}.{key}",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.domain]),
             )
+            for disk, volume, gib, key in disk_sizes
         ]
-        if self.mail is not None:
-            self.resizes.append(
-                VolumeSize(
-                    f"{host.name}-mail-size",
-                    site=site,
-                    volume=self.mail,
-                    domain=host.name,
-                    gib=shape.mail_gib,
-                    key=f"vm_overrides.{host.name}.mail_gib",
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=[self.domain]),
-                )
-            )
         # The push reaches the VM on its site-local IPv6, as the case study's hosts are managed.
         self.address = str(host.ipv6)
         self.register_outputs({"domain": self.domain.id, "address": self.address})
