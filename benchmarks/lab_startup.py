@@ -134,7 +134,8 @@ def main() -> int:
         hs = record.get("hyperscan", {})
         print(
             f"  rspamd's hyperscan cache compiled in {record['hyperscan_seconds']:.1f} s (once, shared; "
-            f"{hs.get('seeded', 0)} files from this machine's cache, {hs.get('saved', 0)} new to it)"
+            f"{hs.get('seeded', 0)} files from this machine's cache, {hs.get('saved', 0)} new to it; "
+            f"rspamd's CPU {' + '.join(f'{c:.1f}' for c in hs.get('cpu', []))} s)"
         )
     slowest = sorted(record["ready_seconds"].items(), key=lambda kv: -kv[1])[:5]
     print("  ready last: " + ", ".join(f"{name} {t:.1f}s" for name, t in slowest))

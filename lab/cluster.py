@@ -423,7 +423,13 @@ def _up(stack_name: str, only: list[str] | None, beat: Heartbeat, timeout: float
             how += f" (machine cache {r.error})" if r.error else ""
         progress(f"rspamd: hyperscan cache {how}, once on {cache.compiler} ({cache.seconds}s), shared")
         record["hyperscan_seconds"] = cache.seconds
-        record["hyperscan"] = {"seeded": r.seeded, "saved": r.saved, "retried": r.retried, "error": r.error}
+        record["hyperscan"] = {
+            "seeded": r.seeded,
+            "saved": r.saved,
+            "retried": r.retried,
+            "error": r.error,
+            "cpu": [round(c, 2) for c in r.cpu],
+        }
     beat.doing("dns", "waiting for nsd to answer")
     _wait_dns(stack, dns)
     beat.doing("dns", None)

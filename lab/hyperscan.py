@@ -40,7 +40,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.host_root import DAEMON_ENV, HostRoot
@@ -96,7 +96,6 @@ class MachineCache:
                 target = into / f.name
                 shutil.copyfile(f, target)
                 os.chown(target, uid, gid)
-                os.utime(f)  # used: kept by the pruning below
             return len(found)
         except (OSError, RuntimeError) as failed:
             self.error = f"not read: {failed}"
@@ -106,14 +105,17 @@ class MachineCache:
 
     def save(self, compiled: Path) -> int:
         """Write what rspamd compiled (new files, or files it compiled again because the cached
-        ones failed its checks) to the cache, each atomically; drop other versions' directories
-        and files unused for UNUSED_DAYS. Returns how many files were written."""
+        ones failed its checks) to the cache, each atomically; mark the files it used (those it
+        has mapped: a .unser copy beside them); drop other versions' directories and files no lab
+        used for UNUSED_DAYS. Returns how many files were written."""
         written = 0
         try:
             self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
             for f in _compiled(compiled):
                 kept = self.dir / f.name
                 if kept.is_file() and _same(f, kept):
+                    if f.with_name(f"{f.name}.unser").exists():
+                        os.utime(kept)
                     continue
                 fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{f.name}.")
                 with os.fdopen(fd, "wb") as out, f.open("rb") as src:
@@ -122,7 +124,8 @@ class MachineCache:
                 os.replace(tmp, kept)
                 written += 1
             for other in self.top.iterdir():
-                if other.is_dir() and other.name != self.key:
+                # Only what looks like one of these directories (`top` may be shared).
+                if other.is_dir() and "rspamd=" in other.name and other.name != self.key:
                     shutil.rmtree(other, ignore_errors=True)
             too_old = time.time() - UNUSED_DAYS * 86400
             for f in self.dir.iterdir():
@@ -157,6 +160,8 @@ class Compiled:
     saved: int = 0
     retried: bool = False
     error: str | None = None
+    # CPU seconds of each rspamd run's main process: compiling, or loading what it found.
+    cpu: list[float] = field(default_factory=list)
 
 
 def shared_dir(root: HostRoot) -> Path:
@@ -186,28 +191,36 @@ def compile(
     if machine is not None:
         result.seeded = machine.seed(cache, rspamd.pw_uid, rspamd.pw_gid)
     deadline = time.monotonic() + timeout
-    if not _run(root, cache, argv, ready, deadline):
+    if not _run(root, cache, argv, ready, deadline, result.cpu):
         if not result.seeded:
-            return Compiled(None)
+            return Compiled(None, cpu=result.cpu)
         # rspamd compiles again what fails its checks, so this should not happen; should a
         # cached file still keep it from starting, compile from nothing rather than fail `up`.
         shutil.rmtree(cache)
         cache.mkdir(mode=0o755)
         os.chown(cache, rspamd.pw_uid, rspamd.pw_gid)
         result.retried = True
-        if not _run(root, cache, argv, ready, time.monotonic() + timeout):
-            return Compiled(None, result.seeded, retried=True)
+        if not _run(root, cache, argv, ready, time.monotonic() + timeout, result.cpu):
+            return Compiled(None, result.seeded, retried=True, cpu=result.cpu)
     # Nothing compiled (a CPU hyperscan does not run on): nothing to load either. A run that
-    # loaded cached files has written their .unser copies already.
+    # loaded cached files has written their .unser copies already; a file it rejected left an
+    # empty one, which no later start would fill (rspamd creates them O_EXCL).
+    for f in cache.glob("*.unser"):
+        if f.stat().st_size == 0:
+            f.unlink()
     if _compiled(cache) and not _loaded(cache):
-        _run(root, cache, argv, lambda _: _loaded(cache), min(deadline, time.monotonic() + 10))
+        _run(root, cache, argv, lambda _: _loaded(cache), min(deadline, time.monotonic() + 10), result.cpu)
     if machine is not None:
         result.saved = machine.save(cache)
         result.error = machine.error
     return result
 
 
-def _run(root: HostRoot, cache: Path, argv: list[str], done: Callable[[int], bool], deadline: float) -> bool:
+def _run(
+    root: HostRoot, cache: Path, argv: list[str], done: Callable[[int], bool], deadline: float, cpu: list[float]
+) -> bool:
+    """Run rspamd until done(pid) or the deadline; appends the CPU seconds its main process (where
+    the multipatterns are compiled or loaded) and the children it waited for spent to `cpu`."""
     script = f'mount --bind {cache} {CACHE_DIR} && exec "$@"'
     private = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
     process = subprocess.Popen(
@@ -225,12 +238,22 @@ def _run(root: HostRoot, cache: Path, argv: list[str], done: Callable[[int], boo
     while process.poll() is None and time.monotonic() < deadline and not finished:
         time.sleep(0.1)
         finished = done(process.pid)
+    cpu.append(_cpu_seconds(process.pid))
     # Killed, not stopped: what it wrote is complete (written aside, then renamed), and a clean
     # exit would tidy the cache away.
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     return finished
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime, stime, cutime, cstime (fields 14-17 of proc(5); [0] here is field 3).
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _compiled(cache: Path) -> list[Path]:
