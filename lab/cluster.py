@@ -255,11 +255,12 @@ class _SharedHyperscan:
     """rspamd's hyperscan cache, compiled once by the first rspamd host for all (lab.hyperscan):
     that host is installed first, alone, and compiles right after; the other hosts start their
     installs then (`started`), and every rspamd host waits for the cache before its rspamd
-    starts. With a single rspamd host there is nothing to share: it compiles as it starts."""
+    starts. A single rspamd host (`up --only`) goes the same way: it then starts from the
+    machine's cache too (lab.hyperscan.MachineCache)."""
 
     def __init__(self, stack: Stack, hosts: list[LabHost]) -> None:
         self.users = [h.name for h in hosts if "rspamd" in daemon_names(stack, h)]
-        self.compiler = self.users[0] if len(self.users) > 1 else None
+        self.compiler = self.users[0] if self.users else None
         self.compiled: Path | None = None
         self.result = hyperscan.Compiled(None)
         self.started = threading.Event()
