@@ -26,8 +26,9 @@ critical path of `lab up`). Only the serialized files (*.hsmp, *.hsmc) are kept:
 them before use (a name is the hash of the patterns and of the CPU's hyperscan platform;
 hyperscan checks the header's magic, version, platform, length and a CRC32C of the bytecode) and
 compiles again whatever fails, which the lab then writes back. The .unser copies are not kept:
-rspamd maps those unchecked. A first `lab up` on a machine compiles and fills the cache; an
-upgrade of either package starts a new directory (the old ones are removed).
+rspamd maps those unchecked. .ci/install fills the cache (a lab of the compiling host, up and
+down), else the first `lab up` on a machine does; an upgrade of either package starts a new
+directory (the old ones are removed).
 """
 
 from __future__ import annotations

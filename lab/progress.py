@@ -1,9 +1,10 @@
 """What `lab up` is doing, said at least every few seconds.
 
-A first start has long quiet stretches: rspamd's main process compiles its hyperscan patterns
-(10-40 s of one core, lab.hyperscan) while the other hosts install, and the daemons take a while
-to listen on a loaded machine. Whenever `up` has said nothing for EVERY seconds, the heartbeat says
-what it waits for, by host, with the time since `up` started.
+A first start has long quiet stretches: the hosts install, rspamd's main process loads its
+hyperscan patterns (or, on a machine whose cache is cold, compiles them: 10-40 s of one core,
+lab.hyperscan), and the daemons take a while to listen on a loaded machine. Whenever `up` has
+said nothing for EVERY seconds, the heartbeat says what it waits for, by host, with the time since
+`up` started.
 """
 
 from __future__ import annotations
