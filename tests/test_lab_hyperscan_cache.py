@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from lab import hyperscan
+from lab.host_root import HostRoot
 
 
 def _installed(package: str) -> str:
@@ -98,3 +99,28 @@ def test_an_unusable_cache_is_a_cold_one_never_an_error(tmp_path, compiled):
     assert cache.save(compiled) == 0
     assert "not written" in cache.error
     assert list(fresh.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the compile directory is given to rspamd's user")
+def test_a_cache_rspamd_does_not_start_from_is_dropped_and_compiled_from_nothing(tmp_path, compiled, monkeypatch):
+    # rspamd compiles again any file that fails its checks (tests/test_lab_startup.py); should a
+    # cached file still keep it from starting, `compile` starts over from an empty directory.
+    machine = hyperscan.MachineCache(tmp_path / "machine", key="rspamd=1")
+    machine.save(compiled)
+    runs = []
+
+    def run(root, cache, argv, done, deadline, cpu):
+        runs.append(sorted(f.name for f in cache.iterdir()))
+        cpu.append(0.0)
+        if len(runs) == 1:
+            return False  # not ready with the seeded files
+        (cache / "aa.hsmp").write_bytes(b"suffix list, compiled again")
+        (cache / "aa.hsmp.unser").write_bytes(b"mapped")
+        return True
+
+    monkeypatch.setattr(hyperscan, "_run", run)
+    root = HostRoot("h", "ns", "h")
+    result = hyperscan.compile(root, ["rspamd"], lambda pid: True, into=tmp_path / "into", machine=machine)
+    assert runs == [["aa.hsmp", "bb.hsmc"], []]
+    assert result.retried and result.dir == tmp_path / "into" and result.seeded == 2
+    assert result.saved == 1 and (machine.dir / "aa.hsmp").read_bytes() == b"suffix list, compiled again"
