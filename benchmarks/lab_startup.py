@@ -131,7 +131,12 @@ def main() -> int:
     for phase, at in record["timings"].items():
         print(f"  {phase:<24} {at:6.1f} s after start")
     if "hyperscan_seconds" in record:
-        print(f"  rspamd's hyperscan cache compiled in {record['hyperscan_seconds']:.1f} s (once, shared)")
+        hs = record.get("hyperscan", {})
+        print(
+            f"  rspamd's hyperscan cache compiled in {record['hyperscan_seconds']:.1f} s (once, shared; "
+            f"{hs.get('seeded', 0)} files from this machine's cache, {hs.get('saved', 0)} new to it; "
+            f"rspamd's CPU {' + '.join(f'{c:.1f}' for c in hs.get('cpu', []))} s)"
+        )
     slowest = sorted(record["ready_seconds"].items(), key=lambda kv: -kv[1])[:5]
     print("  ready last: " + ", ".join(f"{name} {t:.1f}s" for name, t in slowest))
     hosts = [h for h in record["hosts"] if "install_seconds" in h]

@@ -255,12 +255,14 @@ class _SharedHyperscan:
     """rspamd's hyperscan cache, compiled once by the first rspamd host for all (lab.hyperscan):
     that host is installed first, alone, and compiles right after; the other hosts start their
     installs then (`started`), and every rspamd host waits for the cache before its rspamd
-    starts. With a single rspamd host there is nothing to share: it compiles as it starts."""
+    starts. A single rspamd host (`up --only`) goes the same way: it then starts from the
+    machine's cache too (lab.hyperscan.MachineCache)."""
 
     def __init__(self, stack: Stack, hosts: list[LabHost]) -> None:
         self.users = [h.name for h in hosts if "rspamd" in daemon_names(stack, h)]
-        self.compiler = self.users[0] if len(self.users) > 1 else None
+        self.compiler = self.users[0] if self.users else None
         self.compiled: Path | None = None
+        self.result = hyperscan.Compiled(None)
         self.started = threading.Event()
         self.done = threading.Event()
         self.seconds = 0.0
@@ -274,11 +276,13 @@ class _SharedHyperscan:
             try:
                 daemons.prepare(host.root, daemons.DAEMONS["rspamd"])
                 ready = daemons.readiness(stack, host.role, "rspamd")
-                self.compiled = hyperscan.compile(
+                self.result = hyperscan.compile(
                     host.root,
                     daemons.command(daemons.DAEMONS["rspamd"]),
                     lambda pid: not daemons.missing(host.netns, pid, ready),
+                    machine=hyperscan.MachineCache(),
                 )
+                self.compiled = self.result.dir
             finally:
                 self.seconds = round(time.monotonic() - started, 2)
                 beat.doing("hyperscan", None)
@@ -413,9 +417,20 @@ def _up(stack_name: str, only: list[str] | None, beat: Heartbeat, timeout: float
         state.save(record)
     progress(f"installed every tree with render/push_host.py, started {len(running)} daemons ({lap('started')}s)")
     if cache.compiler:
-        how = "compiled" if cache.compiled else "NOT compiled (each rspamd compiles its own)"
-        progress(f"rspamd: hyperscan cache {how} once on {cache.compiler} ({cache.seconds}s), shared")
+        r = cache.result
+        how = "NOT compiled (each rspamd compiles its own)"
+        if r.dir:
+            how = f"compiled, {r.seeded} files from this machine's cache, {r.saved} new to it"
+            how += f" (machine cache {r.error})" if r.error else ""
+        progress(f"rspamd: hyperscan cache {how}, once on {cache.compiler} ({cache.seconds}s), shared")
         record["hyperscan_seconds"] = cache.seconds
+        record["hyperscan"] = {
+            "seeded": r.seeded,
+            "saved": r.saved,
+            "retried": r.retried,
+            "error": r.error,
+            "cpu": [round(c, 2) for c in r.cpu],
+        }
     beat.doing("dns", "waiting for nsd to answer")
     _wait_dns(stack, dns)
     beat.doing("dns", None)

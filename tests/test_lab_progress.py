@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from lab.progress import Heartbeat
@@ -29,3 +30,13 @@ def test_nothing_extra_while_up_speaks_or_has_nothing_pending():
         beat.doing("nginx0-chrma0", None)
         time.sleep(0.8)
     assert said == [f"step {n}" for n in range(6)]
+
+
+def test_a_line_comes_when_due_not_up_to_half_a_second_late():
+    at: list[float] = []
+    with Heartbeat(lambda _: at.append(time.monotonic()), every=0.6) as beat:
+        beat.say("start")
+        beat.doing("smtp-in-chrma0", "installing")
+        time.sleep(2.0)
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    assert len(gaps) >= 2 and max(gaps) < 0.6 + 0.15, gaps

@@ -126,7 +126,8 @@ def push_host(monkeypatch, tmp_path):
 
 
 def test_missing_packages_fail_the_push_naming_them_and_apts_words(push_host):
-    push_host.fake("dpkg-query", 'case "$3" in postfix) printf "install ok installed";; *) exit 1;; esac')
+    # As dpkg-query -W with several packages: a line for each one it knows, exit 1 for any other.
+    push_host.fake("dpkg-query", 'for p; do [ "$p" = postfix ] && echo "postfix install ok installed"; done; exit 1')
     push_host.fake("apt-get", 'case "$*" in *install*) echo "E: Unable to locate package rspamd-nope"; exit 100;; esac')
     with pytest.raises(push_host.PushFailed, match=r"(?s)packages rspamd-nope not installed.*Unable to locate"):
         push_host.ensure_packages(["postfix", "rspamd-nope"])
@@ -135,7 +136,7 @@ def test_missing_packages_fail_the_push_naming_them_and_apts_words(push_host):
 
 def test_missing_packages_are_installed_with_apt(push_host, tmp_path):
     done = tmp_path / "installed"
-    push_host.fake("dpkg-query", f'grep -qx "$3" {done} 2>/dev/null && printf "install ok installed" || exit 1')
+    push_host.fake("dpkg-query", f'for p; do grep -qx "$p" {done} 2>/dev/null && echo "$p install ok installed"; done')
     apt = f'[ "$DEBIAN_FRONTEND" = noninteractive ] && shift 5 && echo "$@" | tr " " "\\n" > {done}'
     push_host.fake("apt-get", apt)
     assert push_host.ensure_packages(["unbound", "dns-root-data"]) == ["unbound", "dns-root-data"]
