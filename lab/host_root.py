@@ -6,7 +6,8 @@ host gets a private mount namespace (and a UTS namespace for its hostname) in wh
 
     /etc /var /usr /srv /opt   are overlays: this machine's directory below, the host's own
                                writable layer above (STATE_DIR/hosts/<host>/upper/<dir>)
-    /run /tmp /dev/shm         are fresh tmpfs, as after a boot
+    /run /tmp /dev/shm         are fresh tmpfs, as after a boot (a venv the lab runs from under
+                               /tmp is bound back into the fresh /tmp, at its own path)
     /dev                       is a tmpfs with the usual device nodes and /dev/log -> the lab's
                                syslog collector (STATE_DIR/hosts/<host>/journal/dev-log)
 
@@ -29,6 +30,7 @@ import os
 import pwd
 import shlex
 import subprocess
+import sys
 import tarfile
 import time
 from dataclasses import dataclass
@@ -132,10 +134,29 @@ class HostRoot:
         return result.stdout
 
 
+def _kept_in_tmp() -> list[str]:
+    """What a host must still see under its fresh /tmp: the venv the lab runs from, when it lies
+    there (a checkout under /tmp), since the push finds pip-installed checkers (check-jsonschema) in
+    it and their scripts name its python."""
+    venv = Path(sys.prefix).absolute()
+    return [str(venv)] if venv.is_relative_to("/tmp") and venv != Path("/tmp") else []
+
+
+def fresh_tmp(aside: Path, kept: list[str]) -> list[str]:
+    """Shell lines: a fresh tmpfs on /tmp with each of `kept` (paths under /tmp) bound into it at its
+    own path. Built at `aside` and moved into place, since the old /tmp is out of sight once covered."""
+    lines = [f"mkdir -p {aside}/tmp", f"mount -n -t tmpfs -o mode=1777 tmp {aside}/tmp"]
+    for path in kept:
+        inside = shlex.quote(f"{aside}/tmp{path.removeprefix('/tmp')}")
+        lines += [f"mkdir -p {inside}", f"mount -n --bind {shlex.quote(path)} {inside}"]
+    return [*lines, f"mount -n --move {aside}/tmp /tmp"]
+
+
 def _setup_script(root: HostRoot) -> str:
     """Runs once, inside the new mount and UTS namespaces, to lay out the host's filesystem."""
     b = root.base
     lines = ["set -e", f"hostname {root.hostname}"]
+    lines += fresh_tmp(b, _kept_in_tmp())
     for top in OVERLAID:
         lines.append(
             f"mount -n -t overlay {root.name}-{top} -o lowerdir=/{top},upperdir={root.upper(top)},"
@@ -164,7 +185,6 @@ def _setup_script(root: HostRoot) -> str:
         f"mkdir -p {b}/run{str(b).removeprefix('/run')}",
         f"mount -n --bind {b} {b}/run{str(b).removeprefix('/run')}",
         f"mount -n --move {b}/run /run",
-        "mount -n -t tmpfs -o mode=1777 tmp /tmp",
     ]
     return "\n".join(lines)
 
