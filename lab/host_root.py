@@ -138,8 +138,10 @@ def _kept_in_tmp() -> list[str]:
     """What a host must still see under its fresh /tmp: the venv the lab runs from, when it lies
     there (a checkout under /tmp), since the push finds pip-installed checkers (check-jsonschema) in
     it and their scripts name its python."""
+    # Both its path and, when that is a link, where it leads: the checkers' scripts name the latter.
     venv = Path(sys.prefix).absolute()
-    return [str(venv)] if venv.is_relative_to("/tmp") and venv != Path("/tmp") else []
+    paths = dict.fromkeys(str(p) for p in (venv, venv.resolve()) if p.is_relative_to("/tmp") and p != Path("/tmp"))
+    return list(paths)
 
 
 def fresh_tmp(aside: Path, kept: list[str]) -> list[str]:

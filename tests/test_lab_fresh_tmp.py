@@ -40,6 +40,20 @@ def test_a_venv_under_tmp_stays_visible_and_nothing_else_does(tmp_path, monkeypa
     assert hidden.returncode == 0, hidden.stderr
 
 
+def test_a_linked_venv_is_bound_at_both_paths(tmp_path, monkeypatch):
+    real = tmp_path / "checkout" / ".venv"
+    (real / "bin").mkdir(parents=True)
+    (real / "bin" / "check-jsonschema").write_text(f"#!{real}/bin/python\n")
+    link = tmp_path / "clone" / ".venv"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    monkeypatch.setattr(sys, "prefix", str(link))
+    kept = host_root._kept_in_tmp()
+    assert kept == [str(link), str(real)]
+    seen = _in_fresh_tmp(kept, f"test -f {link}/bin/check-jsonschema && test -f {real}/bin/check-jsonschema")
+    assert seen.returncode == 0, seen.stderr
+
+
 def test_a_venv_elsewhere_is_not_bound(monkeypatch):
     monkeypatch.setattr(sys, "prefix", "/opt/mail-cluster/.venv")
     assert host_root._kept_in_tmp() == []
