@@ -57,6 +57,10 @@ PREVIOUS_DIR = f"{STATE_DIR}/previous"
 # 4, 8 ... s between tries: smtpd counts a probe's connections against the case study's 10 a
 # minute per client, and the probes after a roll-back need some of those too.
 PROBE_WITHIN = 20
+# A reload command only signals the daemon (`postfix reload` sends the master a SIGHUP and returns):
+# until the daemon has acted on it, an idle process with the old configuration can still take the
+# next connection, and a probe sent at once could pass on the files it should be judging.
+RELOAD_SETTLE = 1.0
 PROBE_FIRST_WAIT = 2
 PROBE_ATTEMPT_TIMEOUT = 10
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "APT_LISTCHANGES_FRONTEND": "none"}
@@ -664,6 +668,7 @@ def push(manifest: dict, root: Path, *, reloads: bool = True, probes: bool = Tru
         raise PushFailed("\n".join(failures) + "\n(owed: the next push reloads again)", result)
     if not (probes and (installed_now or result["reload"])):
         return result
+    time.sleep(RELOAD_SETTLE)
     result["probes"], failure = probe(manifest)
     if failure is None:
         return result
@@ -671,6 +676,8 @@ def push(manifest: dict, root: Path, *, reloads: bool = True, probes: bool = Tru
         raise PushFailed(failure, result)
     restore_previous(root, state)
     failures = reload(manifest, root, state)
+    if not failures:
+        time.sleep(RELOAD_SETTLE)
     _, again = probe(manifest) if not failures else ([], None)
     after = "; ".join(failures) or (f"still failing: {again}" if again else "probes pass again")
     result["rolled_back"] = True
