@@ -261,13 +261,17 @@ class _SharedHyperscan:
     def __init__(self, stack: Stack, hosts: list[LabHost]) -> None:
         self.users = [h.name for h in hosts if "rspamd" in daemon_names(stack, h)]
         self.compiler = self.users[0] if self.users else None
-        self.compiled: Path | None = None
         self.result = hyperscan.Compiled(None)
         self.started = threading.Event()
         self.done = threading.Event()
         self.seconds = 0.0
         if self.compiler is None:
             self.started.set()
+
+    @property
+    def compiled(self) -> Path | None:
+        """The directory every rspamd host starts from, None: each compiles its own."""
+        return self.result.dir
 
     def start_compile(self, stack: Stack, host: LabHost, beat: Heartbeat) -> None:
         def run() -> None:
@@ -282,7 +286,6 @@ class _SharedHyperscan:
                     lambda pid: not daemons.missing(host.netns, pid, ready),
                     machine=hyperscan.MachineCache(),
                 )
-                self.compiled = self.result.dir
             finally:
                 self.seconds = round(time.monotonic() - started, 2)
                 beat.doing("hyperscan", None)

@@ -33,6 +33,7 @@ directory (the old ones are removed).
 
 from __future__ import annotations
 
+import filecmp
 import os
 import pwd
 import shutil
@@ -114,7 +115,7 @@ class MachineCache:
             self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
             for f in _compiled(compiled):
                 kept = self.dir / f.name
-                if kept.is_file() and _same(f, kept):
+                if kept.is_file() and filecmp.cmp(f, kept, shallow=False):
                     if f.with_name(f"{f.name}.unser").exists():
                         os.utime(kept)
                     continue
@@ -139,18 +140,6 @@ class MachineCache:
         except (OSError, RuntimeError) as failed:
             self.error = f"not written: {failed}"
         return written
-
-
-def _same(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with a.open("rb") as fa, b.open("rb") as fb:
-        while True:
-            chunk = fa.read(1 << 20)
-            if chunk != fb.read(1 << 20):
-                return False
-            if not chunk:
-                return True
 
 
 @dataclass
