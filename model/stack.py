@@ -389,18 +389,15 @@ class Stack(Strict):
     def mailbox_names(self) -> list[str]:
         return [m.name for m in self.mailboxes]
 
-    def is_mailbox(self, name: str) -> bool:
-        """Whether `name` is a mailbox: the render asks it for every alias target (60,000 times for
-        a hosting provider's stack), so the names are gathered once, not once per question."""
-        return name in self._derived("mailbox_names", self.mailboxes, lambda: frozenset(self.mailbox_names))
-
-    def _derived(self, fact: str, source: object, compute: Callable[[], T]) -> T:
-        """A fact derived from one of the stack's lists, worked out once per list object. Kept in the
-        instance dict beside the fields, as functools.cached_property keeps its values (pydantic leaves
-        them out of ==, hash, repr and dumps), with the list it came from, so that a
-        model_copy(update=...) that replaces the list works the fact out again instead of reusing it."""
+    def derived(self, fact: str, compute: Callable[[], T]) -> T:
+        """A fact derived from this stack (a set of names, a table every host of a role shares),
+        worked out once. Kept in the instance dict beside the fields, as functools.cached_property
+        keeps its values (pydantic leaves them out of ==, hash, repr and dumps), with the field
+        values it was worked out from: model_copy() copies that dict, and a copy with any other
+        value works the fact out again instead of reusing its original's."""
         key = f"_derived_{fact}"
+        fields = tuple(self.__dict__[name] for name in type(self).model_fields)
         hit = self.__dict__.get(key)
-        if hit is None or hit[0] is not source:
-            hit = self.__dict__[key] = (source, compute())
+        if hit is None or any(a is not b for a, b in zip(hit[0], fields, strict=True)):
+            hit = self.__dict__[key] = (fields, compute())
         return hit[1]

@@ -80,39 +80,46 @@ def postfix_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, File
         discard_address=DISCARD_ADDRESS,
     )
     reload = ("postfix",)
-    tables = {
-        # Postfix notices a rebuilt .db by itself: the tables need no reload.
-        "/etc/postfix/virtual-domains": template(ROLE, TABLES[0], domains=stack.domain_names),
-        "/etc/postfix/virtual": template(ROLE, TABLES[1], tables=virtual_alias_tables(stack)),
-        "/etc/postfix/transport": template(ROLE, TABLES[2], discard_address=DISCARD_ADDRESS),
-    }
     return {
         "/etc/postfix/main.cf": FileSpec(template(ROLE, "/etc/postfix/main.cf", **values), reload=reload),
         "/etc/postfix/master.cf": FileSpec(template(ROLE, "/etc/postfix/master.cf", **values), reload=reload),
-        **{path: FileSpec(content, postmap=True) for path, content in tables.items()},
+        **lookup_tables(stack),
         **postfix.aliases_file(stack),
         **postfix.tls_files(stack, keys, reload),
     }
 
 
-def alias_target(stack: Stack, target: str) -> str:
-    """A mailbox name goes to the maildrops, /dev/null to the discard address, an address stays."""
-    if target == DEVNULL:
-        return DISCARD_ADDRESS
-    if stack.is_mailbox(target):
-        return f"{target}@{stack.service_name('maildrop')}"
-    return target
+def lookup_tables(stack: Stack) -> dict[str, FileSpec]:
+    """The domains, aliases and transports: the same on every smtp-in host, and for a hosting
+    provider's stack thousands of lines, so rendered once per stack."""
+
+    def tables() -> dict[str, FileSpec]:
+        contents = {
+            TABLES[0]: template(ROLE, TABLES[0], domains=stack.domain_names),
+            TABLES[1]: template(ROLE, TABLES[1], tables=virtual_alias_tables(stack)),
+            TABLES[2]: template(ROLE, TABLES[2], discard_address=DISCARD_ADDRESS),
+        }
+        # Postfix notices a rebuilt .db by itself: the tables need no reload.
+        return {path: FileSpec(content, postmap=True) for path, content in contents.items()}
+
+    return stack.derived("smtp_in lookup tables", tables)
 
 
 def virtual_alias_tables(stack: Stack) -> list[tuple[str, list[tuple[str, list[str]]]]]:
-    """(domain, [(alias address, [targets])]) per mail domain, in the stack's order."""
+    """(domain, [(alias address, [targets])]) per mail domain, in the stack's order: a mailbox name
+    goes to the maildrops, /dev/null to the discard address, an address stays."""
+    mailboxes = frozenset(stack.mailbox_names)
+    maildrop = stack.service_name("maildrop")
+
+    def target(t: str) -> str:
+        if t == DEVNULL:
+            return DISCARD_ADDRESS
+        return f"{t}@{maildrop}" if t in mailboxes else t
+
     return [
         (
             domain.name,
-            [
-                (f"{local}@{domain.name}", [alias_target(stack, t) for t in targets])
-                for local, targets in domain.aliases.items()
-            ],
+            [(f"{local}@{domain.name}", [target(t) for t in targets]) for local, targets in domain.aliases.items()],
         )
         for domain in stack.domains
     ]

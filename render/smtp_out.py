@@ -83,8 +83,7 @@ def postfix_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, File
     return {
         "/etc/postfix/main.cf": FileSpec(template(ROLE, "/etc/postfix/main.cf", **values), reload=reload),
         "/etc/postfix/master.cf": FileSpec(template(ROLE, "/etc/postfix/master.cf", **values), reload=reload),
-        # Postfix notices a rebuilt .db by itself: no reload.
-        SENDER_LOGINS: FileSpec(template(ROLE, SENDER_LOGINS, owners=sender_logins(stack)), postmap=True),
+        SENDER_LOGINS: stack.derived("smtp_out sender logins", lambda: sender_logins_file(stack)),
         **postfix.aliases_file(stack),
         **postfix.tls_files(stack, keys, reload),
     }
@@ -117,6 +116,12 @@ def mailboxes_reached(stack: Stack) -> Callable[[str], frozenset[str]]:
         return frozenset(m for t in table[local] for m in reached(t, seen | {target}))
 
     return reached
+
+
+def sender_logins_file(stack: Stack) -> FileSpec:
+    """The same on every smtp-out host, and for a hosting provider's stack thousands of lines:
+    rendered once per stack. Postfix notices a rebuilt .db by itself: no reload."""
+    return FileSpec(template(ROLE, SENDER_LOGINS, owners=sender_logins(stack)), postmap=True)
 
 
 def sender_logins(stack: Stack) -> dict[str, list[str]]:
@@ -163,6 +168,19 @@ def dkim_key_name(domain: str, selector: str) -> str:
 
 
 def opendkim_files(stack: Stack, keys: KeyMaterial) -> dict[str, FileSpec]:
+    files, entries = stack.derived("smtp_out opendkim tables", lambda: opendkim_tables(stack))
+    files = dict(files)
+    reload = ("opendkim",)
+    for _, domain, selector, path in entries:
+        files[path] = FileSpec(
+            keys.dkim_keys[(domain, selector)], mode=0o600, owner="opendkim", group="opendkim", reload=reload
+        )
+    return files
+
+
+def opendkim_tables(stack: Stack) -> tuple[dict[str, FileSpec], list[tuple[str, str, str, str]]]:
+    """opendkim.conf, its KeyTable and SigningTable (the same on every smtp-out host: once per
+    stack), and the KeyTable's entries: (key name, domain, selector, key file)."""
     reload = ("opendkim",)
     entries = [
         (dkim_key_name(d.name, k.selector), d.name, k.selector, dkim_key_path(d.name, k.selector))
@@ -187,8 +205,4 @@ def opendkim_files(stack: Stack, keys: KeyMaterial) -> dict[str, FileSpec]:
         KEY_TABLE: FileSpec(template(ROLE, KEY_TABLE, entries=entries), reload=reload),
         SIGNING_TABLE: FileSpec(template(ROLE, SIGNING_TABLE, signers=signers), reload=reload),
     }
-    for _, domain, selector, path in entries:
-        files[path] = FileSpec(
-            keys.dkim_keys[(domain, selector)], mode=0o600, owner="opendkim", group="opendkim", reload=reload
-        )
-    return files
+    return files, entries

@@ -12,6 +12,7 @@ import pytest
 from conftest import assert_checks_pass, check_with_content, role_trees
 from postfix_tools import postconf, settings, stage
 
+from render import render_host
 from render.maildrop import rspamd_controller_password
 from render.names import tls_key_path
 from render.smtp_in import DISCARD_ADDRESS, SRS_SECRET
@@ -228,6 +229,28 @@ def test_alias_tables_change_without_a_postfix_reload(trees, stack_name):
         assert tree.files["/etc/postfix/main.cf"].reload == ("postfix",)
         for path, spec in tree.files.items():
             assert set(spec.reload) <= set(tree.services), path
+
+
+def test_every_smtp_in_gets_the_tables_rendered_once_for_the_stack(trees, stack_name):
+    """A hosting provider's tables run to thousands of lines: rendered once, not once per host."""
+    first, *others = role_trees(trees[stack_name], "smtp_in")
+    assert others
+    for tree in others:
+        for table in ("/etc/postfix/virtual", "/etc/postfix/virtual-domains", "/etc/postfix/transport"):
+            assert tree.files[table] is first.files[table], table
+
+
+def test_a_copy_of_the_stack_with_other_aliases_renders_its_own_tables(stacks, keys, stack_name):
+    """The tables kept with a stack are not reused by a copy of it with other values."""
+    stack = stacks[stack_name]
+    host = stack.hosts.smtp_in[0]
+    before = render_host(stack, "smtp_in", host, keys[stack_name]).files["/etc/postfix/virtual"].content
+    first = stack.domains[0]
+    added = first.model_copy(update={"aliases": {**first.aliases, "newcomer": [stack.mailbox_names[0]]}})
+    grown = stack.model_copy(update={"domains": [added, *stack.domains[1:]]})
+    after = render_host(grown, "smtp_in", host, keys[stack_name]).files["/etc/postfix/virtual"].content
+    assert f"newcomer@{first.name} " in after and f"newcomer@{first.name} " not in before
+    assert render_host(stack, "smtp_in", host, keys[stack_name]).files["/etc/postfix/virtual"].content == before
 
 
 # ---- PostSRSd -------------------------------------------------------------------------------

@@ -239,6 +239,16 @@ def test_every_smtp_out_file_reloads_only_services_the_host_knows(trees, stack_n
         assert tree.files[SASL_USERS].reload == ()
 
 
+def test_every_smtp_out_gets_the_stack_wide_tables_rendered_once(trees, stack_name):
+    """Sender logins and OpenDKIM's tables run to thousands of lines for a hosting provider's
+    stack: rendered once for the stack, not once per host."""
+    first, *others = role_trees(trees[stack_name], "smtp_out")
+    assert others
+    for tree in others:
+        for table in (SENDER_LOGINS, KEY_TABLE, SIGNING_TABLE, "/etc/opendkim.conf"):
+            assert tree.files[table] is first.files[table], table
+
+
 def test_all_smtp_out_hosts_differ_only_in_their_own_names(trees, stacks, stack_name):
     """Identical replicas (case study): only the host's own names (banner, mydestination) differ."""
     stack = stacks[stack_name]
