@@ -31,11 +31,12 @@ Every evaluation runs against a warm mock state (keys and passwords made once, a
 holds them), so the figures are the program's work, not the mocks' key generation. The warm figures
 leave out what a process does once (imports, compiling the Jinja templates): the fresh ones hold it.
 The measures run round-robin, REPEAT rounds; each figure is the best round (the machine is shared and
-noisy; a burst of load from elsewhere only ever adds time), the median beside it. prod/sdk is the
-median over rounds of prod's time over sdk's within a round: the two are measured a fraction of a
-second apart, on the same state of the machine. The ratio of the two best rounds is printed beside
-it: the best rounds of the two come from different states of a shared host, and on one version of
-the program that ratio moved far more from run to run than the median (benchmarks/README.md). Each measure starts
+noisy; a burst of load from elsewhere only ever adds time), the median beside it. Every ratio is
+the median over rounds of the two figures' ratio within a round (for the fresh processes: within a
+round of them): the two are measured a fraction of a second apart, on the same state of the machine.
+For prod/sdk the ratio of the two best rounds is printed beside it: the best rounds of two measures
+come from different states of a shared host, and on one version of the program that ratio moved far
+more from run to run than the median (benchmarks/README.md). Each measure starts
 from a collected heap (the collection untimed), so a full collection of a previous measure's garbage
 does not land in the next one's figure. The evaluation is CPU-bound (mocks in-process, no I/O):
 figures and ratios are the process's CPU time, which other load on the machine disturbs far less than
@@ -291,16 +292,19 @@ def main() -> int:
         print(f"{'render ' + name:12s} {cpu * 1000:6.0f} ms (wall {seconds * 1000:.0f} ms)  python -m render")
     print(_ratio("prod/sdk", paired("prod", "sdk"), ""))
     print(_ratio("prod/sdk bst", best["prod"] / best["sdk"], "the two best rounds' ratio (see above)"))
-    print(_ratio("100x/prod", sum(fresh_best["100x"]) / sum(fresh_best["prod"]), ""))
-    print(_ratio("10x/prod", best["10x"] / best["prod"], ""))
+    fresh_ratio = statistics.median(
+        sum(big) / sum(small) for big, small in zip(fresh_samples["100x"], fresh_samples["prod"], strict=True)
+    )
+    print(_ratio("100x/prod", fresh_ratio, ""))
+    print(_ratio("10x/prod", paired("10x", "prod"), ""))
     verdict = "PASS" if added == added_keys == ADDED_DOMAINS else "MISS"
     print(f"{'100x adds':12s} {added:5d}  resources, {added_keys} of them DKIM keys (one per added domain)  {verdict}")
-    print(_ratio("100x/prod w", best["100x"] / best["prod"], "warm: evaluations alone, imports and templates done"))
-    print(_ratio("100x/sdk", best["100x"] / best["sdk 100x"], "the program's share on top of 100x's resources"))
+    print(_ratio("100x/prod w", paired("100x", "prod"), "warm: evaluations alone, imports and templates done"))
+    print(_ratio("100x/sdk", paired("100x", "sdk 100x"), "the program's share on top of 100x's resources"))
     print(_ratio("prod/sdk-bare", paired("prod", "sdk bare"), "against the earlier baseline (components bare)"))
-    print(_ratio("prod/floor", best["prod"] / best["floor"], "withdrawn target (1.3): below the SDK's own cost"))
-    print(_ratio("sdk/floor", best["sdk"] / best["floor"], "the SDK's own cost of prod's resources over bare ones"))
-    signing = best["10x signing"] / best["prod"]
+    print(_ratio("prod/floor", paired("prod", "floor"), "withdrawn target (1.3): below the SDK's own cost"))
+    print(_ratio("sdk/floor", paired("sdk", "floor"), "the SDK's own cost of prod's resources over bare ones"))
+    signing = paired("10x signing", "prod")
     print(_ratio("10x-sgn/prod", signing, f"not a target: {count['10x signing']} resources"))
     return 0
 
