@@ -83,7 +83,7 @@ def postfix_files(stack: Stack, host: Host, keys: KeyMaterial) -> dict[str, File
     return {
         "/etc/postfix/main.cf": FileSpec(template(ROLE, "/etc/postfix/main.cf", **values), reload=reload),
         "/etc/postfix/master.cf": FileSpec(template(ROLE, "/etc/postfix/master.cf", **values), reload=reload),
-        SENDER_LOGINS: stack.derived("smtp_out sender logins", lambda: sender_logins_file(stack)),
+        SENDER_LOGINS: sender_logins_file(stack),
         **postfix.aliases_file(stack),
         **postfix.tls_files(stack, keys, reload),
     }
@@ -121,7 +121,10 @@ def mailboxes_reached(stack: Stack) -> Callable[[str], frozenset[str]]:
 def sender_logins_file(stack: Stack) -> FileSpec:
     """The same on every smtp-out host, and for a hosting provider's stack thousands of lines:
     rendered once per stack. Postfix notices a rebuilt .db by itself: no reload."""
-    return FileSpec(template(ROLE, SENDER_LOGINS, owners=sender_logins(stack)), postmap=True)
+    return stack.derived(
+        "smtp_out sender logins",
+        lambda: FileSpec(template(ROLE, SENDER_LOGINS, owners=sender_logins(stack)), postmap=True),
+    )
 
 
 def sender_logins(stack: Stack) -> dict[str, list[str]]:
@@ -168,8 +171,8 @@ def dkim_key_name(domain: str, selector: str) -> str:
 
 
 def opendkim_files(stack: Stack, keys: KeyMaterial) -> dict[str, FileSpec]:
-    files, entries = stack.derived("smtp_out opendkim tables", lambda: opendkim_tables(stack))
-    files = dict(files)
+    tables, entries = opendkim_tables(stack)
+    files = dict(tables)
     reload = ("opendkim",)
     for _, domain, selector, path in entries:
         files[path] = FileSpec(
@@ -181,6 +184,10 @@ def opendkim_files(stack: Stack, keys: KeyMaterial) -> dict[str, FileSpec]:
 def opendkim_tables(stack: Stack) -> tuple[dict[str, FileSpec], list[tuple[str, str, str, str]]]:
     """opendkim.conf, its KeyTable and SigningTable (the same on every smtp-out host: once per
     stack), and the KeyTable's entries: (key name, domain, selector, key file)."""
+    return stack.derived("smtp_out opendkim tables", lambda: _opendkim_tables(stack))
+
+
+def _opendkim_tables(stack: Stack) -> tuple[dict[str, FileSpec], list[tuple[str, str, str, str]]]:
     reload = ("opendkim",)
     entries = [
         (dkim_key_name(d.name, k.selector), d.name, k.selector, dkim_key_path(d.name, k.selector))
